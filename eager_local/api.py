@@ -1,0 +1,92 @@
+"""The Python API: load a model once, generate for one or many prompts, get trees back.
+
+    from eager_local import EagerLocal
+    llm = EagerLocal()                       # the embedded default model
+    tree = llm.generate("What is 17*23?", theta=2.2, max_sequences=8)
+    for seq in tree.sequences: print(seq.id, seq.finish_reason, seq.text)
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from . import models
+from .budget import TokenBudget
+from .engine import ConfigError, Engine, GenerationConfig, Request
+from .llama import Model
+from .sampling import SamplingParams
+from .tree import Tree
+
+
+class EagerLocal:
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        threads: int | None = None,
+        n_gpu_layers: int = 0,
+        kv_memory: int | None = None,
+    ):
+        self.resolved = models.resolve(model)  # pulls the default model on first use; checks the GGUF
+        self.model = Model(self.resolved.path, n_gpu_layers=n_gpu_layers)
+        engine_kwargs = {"n_threads": threads}
+        if kv_memory:
+            engine_kwargs["kv_memory"] = kv_memory
+        self.engine = Engine(self.model, **engine_kwargs)
+
+    @property
+    def end_of_thinking(self) -> str | None:
+        """The model's end-of-thinking marker (registry value, else `</think>` if it is one token)."""
+        if self.resolved.end_of_thinking:
+            return self.resolved.end_of_thinking
+        return "</think>" if self.model.single_token("</think>") is not None else None
+
+    def prompt_tokens(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
+        """Token ids of a prompt, through the GGUF's chat template unless chat=False."""
+        if not chat:
+            return self.model.tokenize(prompt, add_special=True)
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        return self.chat_tokens(messages)
+
+    def chat_tokens(self, messages: list[dict], *, add_generation_prompt: bool = True) -> list[int]:
+        text = self.model.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        return self.model.tokenize(text, add_special=not self.model.chat_template_has_bos(text))
+
+    def config(self, **options) -> GenerationConfig:
+        """A GenerationConfig from keyword options (the same names as the CLI's, with underscores)."""
+        sampling_keys = {"temperature", "top_k", "top_p", "min_p"}
+        sampling = SamplingParams(**{k: options.pop(k) for k in list(options) if k in sampling_keys})
+        options.setdefault("end_of_thinking", self.end_of_thinking)
+        try:
+            return GenerationConfig(sampling=sampling, **options)
+        except TypeError as e:
+            raise ConfigError(str(e)) from None
+
+    def generate(
+        self,
+        prompts: str | list[str],
+        *,
+        chat: bool = True,
+        system: str | None = None,
+        budget: TokenBudget | int | None = None,
+        on_token=None,
+        config: GenerationConfig | None = None,
+        **options,
+    ) -> Tree | list[Tree]:
+        """Generate for one prompt (returns a Tree) or a list (returns a list of Trees, in order)."""
+        single = isinstance(prompts, str)
+        texts = [prompts] if single else list(prompts)
+        config = config or self.config(**options)
+        requests = [
+            Request(tokens=self.prompt_tokens(t, chat=chat, system=system), text=t, index=i)
+            for i, t in enumerate(texts)
+        ]
+        if not isinstance(budget, TokenBudget):
+            budget = TokenBudget(budget)
+        trees = self.engine.generate(requests, config, budget=budget, on_token=on_token)
+        return trees[0] if single else trees
+
+    def with_config(self, config: GenerationConfig, **changes) -> GenerationConfig:
+        return replace(config, **changes)

@@ -1,0 +1,180 @@
+"""The `eager-local` command: thin click wrappers over the API; no generation logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from . import models
+from .budget import TokenBudget
+from .engine import METHODS, ConfigError
+from .llama import LlamaError
+
+USER_ERRORS = (models.ModelError, LlamaError, ConfigError, ValueError, OSError)
+
+
+def user_errors(func):
+    """Turn expected failures into one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except USER_ERRORS as e:
+            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+    return wrapper
+
+
+click.ClickException.exit_code = 2  # bad input exits 2, like click's own usage errors
+
+
+def generation_options(func):
+    """The options shared by run, eval and chat (same names, same meaning everywhere)."""
+    options = [
+        click.option("--model", "-m", "model", default=None, help="Registry name, .gguf path or http(s) URL (default: smollm2-135m)."),
+        click.option("--theta", type=float, default=2.4, show_default=True, help="Branch when top-K entropy (nats) exceeds this."),
+        click.option("--max-sequences", "-M", type=int, default=8, show_default=True, help="Cap on sequences per prompt (parallel draws exactly M)."),
+        click.option("--temperature", "-t", type=float, default=0.6, show_default=True),
+        click.option("--top-k", type=int, default=0, help="Sampling top-k (0 = off)."),
+        click.option("--top-p", type=float, default=1.0, help="Sampling top-p (1 = off)."),
+        click.option("--min-p", type=float, default=0.0, help="Sampling min-p (0 = off)."),
+        click.option("--top-k-entropy", type=int, default=20, show_default=True, help="K of the top-K entropy."),
+        click.option("--tempered-entropy", is_flag=True, help="Ablation: entropy of the tempered distribution."),
+        click.option("--max-new-tokens", "-n", type=int, default=512, show_default=True),
+        click.option("--branch-window", type=int, default=1000, show_default=True, help="Steps without a branch before branching closes."),
+        click.option("--dynamic-threshold", is_flag=True, help="θ_t = max(θ, p99 of entropies so far)."),
+        click.option("--budget", type=int, default=None, help="Cap on generated tokens for the session."),
+        click.option("--seed", type=int, default=55, show_default=True),
+        click.option("--threads", type=int, default=None, help="CPU threads (default: physical cores)."),
+        click.option("--n-gpu-layers", type=int, default=0, help="Layers to offload (Metal/CUDA builds)."),
+        click.option("--chat/--raw", default=True, help="Apply the GGUF's chat template (default) or not."),
+        click.option("--system", default=None, help="System message (with --chat)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def config_options(opts: dict) -> dict:
+    """The GenerationConfig keywords among the CLI options."""
+    keys = (
+        "theta max_sequences temperature top_k top_p min_p top_k_entropy max_new_tokens "
+        "branch_window dynamic_threshold seed"
+    ).split()
+    config = {k: opts[k] for k in keys}
+    config["tempered_entropy"] = opts["tempered_entropy"]
+    return config
+
+
+def load_runner(opts: dict):
+    from .api import EagerLocal
+
+    if opts["threads"] is not None and opts["threads"] < 1:
+        raise ConfigError(f"threads must be >= 1, got {opts['threads']}")
+    if opts["budget"] is not None and opts["budget"] < 0:
+        raise ConfigError(f"budget must be >= 0 tokens, got {opts['budget']}")
+    return EagerLocal(opts["model"], threads=opts["threads"], n_gpu_layers=opts["n_gpu_layers"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="eager-local")
+def cli():
+    """EAGer on llama.cpp: branch only where the model is unsure."""
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--method", type=click.Choice(METHODS), default="eager-init", show_default=True)
+@generation_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@user_errors
+def run(prompt, method, as_json, **opts):
+    """Generate for PROMPT and show every branch, where it forked and why."""
+    import time
+
+    from .render import render_run
+
+    runner = load_runner(opts)
+    config = runner.config(method=method, **config_options(opts))
+    config.validate()
+    budget = TokenBudget(opts["budget"])
+    tokens = runner.prompt_tokens(prompt, chat=opts["chat"], system=opts["system"])
+    from .engine import Request
+
+    start = time.perf_counter()
+    (tree,) = runner.engine.generate([Request(tokens=tokens, text=prompt)], config, budget=budget)
+    wall = time.perf_counter() - start
+    if as_json:
+        doc = tree.to_dict()
+        doc["summary"] = _summary(tree, wall, budget)
+        doc["model"] = {"path": str(runner.resolved.path), "name": runner.resolved.name}
+        click.echo(json.dumps(doc, ensure_ascii=False, indent=1))
+    else:
+        click.echo(render_run(tree, wall=wall, budget=budget))
+
+
+def _summary(tree, wall: float, budget: TokenBudget) -> dict:
+    return {
+        "sequences": len(tree.sequences),
+        "generated_tokens": tree.generated_tokens,
+        "tokens_per_second": round(tree.generated_tokens / wall, 2) if wall > 0 else None,
+        "wall_time": round(wall, 3),
+        "budget_left": None if budget.limit is None else budget.remaining,
+        "finish_reasons": tree.finish_counts(),
+    }
+
+
+# --- models ----------------------------------------------------------------------------------------
+@cli.group(name="models")
+def models_group():
+    """Known models: list, pull (download + sha256 check), path."""
+
+
+@models_group.command(name="list")
+@user_errors
+def models_list():
+    for entry in models.list_models():
+        mark = "*" if entry.is_downloaded else " "
+        default = " (default)" if entry.name == models.load_registry().get("default") else ""
+        click.echo(f"{mark} {entry.name:<16} {entry.file}{default}")
+        if entry.description:
+            click.echo(f"    {entry.description}")
+    click.echo(f"(* = downloaded, in {models.home_dir() / 'models'})")
+
+
+@models_group.command(name="pull")
+@click.argument("name")
+@user_errors
+def models_pull(name):
+    click.echo(str(models.pull(name)))
+
+
+@models_group.command(name="path")
+@click.argument("name", required=False)
+@user_errors
+def models_path(name):
+    click.echo(str(models.resolve(name).path))
+
+
+def main(argv=None):
+    """Entry point: click's usage errors become one line too."""
+    try:
+        cli.main(args=argv, prog_name="eager-local", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"Error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

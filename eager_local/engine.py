@@ -1,0 +1,590 @@
+"""The step loop: every live sequence of every active prompt advances one token per llama_decode.
+
+Two strategies are policies over one loop (eager-method.md §2 and §4):
+- `parallel`: prefill the prompt once, fork it M ways, sample M independent sequences;
+- `eager-init`: start with one sequence; a live sequence whose top-K entropy exceeds θ branches:
+  it keeps the most likely token and a new sequence (forked KV, nothing recomputed) takes the second.
+
+The loop follows llama.cpp's `parallel` example: one batch per step with one token per live row,
+prompts admitted as earlier ones finish so the batch stays full, sequence ids recycled.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from . import tree as T
+from .budget import TokenBudget
+from .entropy import DEFAULT_TOP_K, top_k_entropy, top_two_tokens
+from .llama import MAX_SEQUENCES, Context, ContextSize, KVCacheFull, Model
+from .sampling import SamplingParams, sample_rows, sequence_rng
+
+METHODS = ("eager-init", "parallel")
+DEFAULT_KV_MEMORY = 2 << 30  # bytes of KV cache the engine allocates at most by default
+
+
+class ConfigError(ValueError):
+    """A nonsense generation parameter, worded for a user."""
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    method: str = "eager-init"
+    theta: float = 2.4  # branch when top-K entropy (nats) exceeds this
+    max_sequences: int = 32  # M: cap on sequences per prompt (parallel draws exactly M)
+    max_new_tokens: int = 512  # per sequence, counted from the prompt's first step
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    top_k_entropy: int = DEFAULT_TOP_K
+    tempered_entropy: bool = False  # ablation: entropy of the tempered distribution
+    branch_window: int = 1000  # W: steps without any branch after which branching closes
+    dynamic_threshold: bool = False  # θ_t = max(θ, p99 of the prompt's entropies so far)
+    end_of_thinking: str | None = None  # e.g. "</think>": no branching after it
+    seed: int = 55
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if not math.isfinite(self.theta) or self.theta < 0:
+            raise ConfigError(f"theta must be a number >= 0 (nats), got {self.theta}")
+        if not 1 <= self.max_sequences <= MAX_SEQUENCES:
+            raise ConfigError(f"max-sequences must be between 1 and {MAX_SEQUENCES}, got {self.max_sequences}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.top_k_entropy < 2:
+            raise ConfigError(f"top-k-entropy must be >= 2, got {self.top_k_entropy}")
+        if self.branch_window < 1:
+            raise ConfigError(f"branch window must be >= 1 step, got {self.branch_window}")
+        try:
+            self.sampling.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+@dataclass
+class Request:
+    """One prompt to generate for.
+
+    `tokens` is the full prompt. To continue a conversation already in the KV cache, name the
+    llama sequence holding it (`prefix_seq`) and how many leading tokens of `tokens` it already
+    holds (`reuse`): only the rest is decoded.
+    """
+
+    tokens: list[int]
+    text: str = ""
+    index: int = 0  # selects the random streams: same index and seed, same samples
+    max_sequences: int | None = None  # overrides the config's cap (reallocated EAGer runs)
+    theta: float | None = None  # overrides the config's θ (full EAGer retries)
+    prefix_seq: int | None = None
+    reuse: int = 0
+
+
+@dataclass
+class _Row:
+    """A live sequence: its tree entry, its llama sequence id and its random stream."""
+
+    seq: T.Sequence
+    run: "_PromptRun"
+    llama_id: int
+    rng: np.random.Generator
+    past_thinking: bool = False
+    fresh_logits: np.ndarray | None = None  # set until the row's first decode (right after prefill)
+
+    @property
+    def position(self) -> int:  # KV position of the row's newest token
+        return self.run.tree.prompt_tokens + len(self.seq.tokens) - 1
+
+
+@dataclass
+class _PromptRun:
+    request: Request
+    tree: T.Tree
+    cap: int
+    theta: float
+    free_ids: list[int]  # llama sequence ids reserved for this prompt and not in use
+    started_at: float
+    branching_open: bool = True
+    steps_since_branch: int = 0
+    prefill_id: int = -1  # llama id holding the prompt (becomes the first sequence's id)
+    live: int = 0
+    n_created: int = 0
+    entropy_history: list[float] = field(default_factory=list)
+
+    def threshold(self, dynamic: bool) -> float:
+        if dynamic and len(self.entropy_history) >= 2:
+            return max(self.theta, float(np.percentile(self.entropy_history, 99)))
+        return self.theta
+
+
+TokenCallback = Callable[[T.Tree, T.Sequence, int], None]
+
+
+class Engine:
+    """Loads nothing itself: give it a Model. Keeps one llama.cpp context, grown on demand."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_threads: int | None = None,
+        kv_memory: int = DEFAULT_KV_MEMORY,
+        max_concurrent_prompts: int | None = None,
+    ):
+        self.model = model
+        self.n_threads = n_threads
+        self.kv_memory = kv_memory
+        self.max_concurrent_prompts = max_concurrent_prompts
+        self.context: Context | None = None
+        self._pinned: set[int] = set()  # llama ids kept alive for the caller (chat branches)
+
+    # sizing -------------------------------------------------------------------------------------
+    def plan_context(self, longest_prompt: int, config: GenerationConfig, n_prompts: int) -> tuple[ContextSize, int]:
+        """Size the context for the work; return it and how many prompts may run at once.
+
+        Each active prompt reserves its worst case (prompt + M full-length sequences), so the cache
+        cannot fill up in normal operation; the memory limit lowers concurrency before that.
+        """
+        per_prompt = longest_prompt + config.max_sequences * config.max_new_tokens
+        cell_limit = max(256, self.kv_memory // self.model.kv_bytes_per_cell())
+        concurrent = min(
+            n_prompts,
+            max(1, (MAX_SEQUENCES - len(self._pinned)) // config.max_sequences),
+            max(1, cell_limit // per_prompt),
+            self.max_concurrent_prompts or n_prompts,
+        )
+        n_ctx = min(cell_limit, concurrent * per_prompt + self._pinned_cells())
+        n_ctx = max(n_ctx, longest_prompt + 1)
+        n_seq = min(MAX_SEQUENCES, concurrent * config.max_sequences + len(self._pinned) + 1)
+        n_seq = max(n_seq, max(self._pinned, default=0) + 1)  # kept sequences keep their ids
+        return ContextSize(n_ctx=_round_up(n_ctx, 256), n_seq_max=n_seq, n_batch=max(512, n_seq)), concurrent
+
+    def _pinned_cells(self) -> int:
+        if not self.context:
+            return 0
+        return sum(self.context.seq_length(s) for s in self._pinned)
+
+    def _ensure_context(self, size: ContextSize) -> Context:
+        ctx = self.context
+        if ctx and ctx.n_ctx >= size.n_ctx and ctx.size.n_seq_max >= size.n_seq_max:
+            return ctx
+        # Growing the context: park the sequences the caller keeps and restore them under the same ids.
+        kept = {i: ctx.park(i) for i in sorted(self._pinned)} if ctx else {}
+        if ctx:
+            ctx.close()
+        self.context = Context(self.model, size, n_threads=self.n_threads)
+        for llama_id, state in kept.items():
+            self.context.restore(state, llama_id)
+        return self.context
+
+    # pinned sequences (for chat) ----------------------------------------------------------------
+    def release(self, llama_id: int) -> None:
+        """Drop a sequence the caller kept with keep_sequences=True."""
+        if llama_id in self._pinned and self.context:
+            self.context.drop(llama_id)
+        self._pinned.discard(llama_id)
+
+    def park(self, llama_id: int) -> bytes:
+        """Save a kept sequence's KV state as bytes and free its cells."""
+        state = self.context.park(llama_id)
+        self.release(llama_id)
+        return state
+
+    def restore(self, state: bytes) -> int:
+        """Load a parked sequence into a free id and keep it; returns the id."""
+        llama_id = self._free_pinned_id()
+        self.context.restore(state, llama_id)
+        self._pinned.add(llama_id)
+        return llama_id
+
+    def _free_pinned_id(self) -> int:
+        # Kept sequences take ids from the top so generation's low ids stay contiguous.
+        for candidate in range(self.context.size.n_seq_max - 1, -1, -1):
+            if candidate not in self._pinned:
+                return candidate
+        raise KVCacheFull("no free sequence id to restore into")
+
+    # generation ---------------------------------------------------------------------------------
+    def generate(self, requests: list[Request], config: GenerationConfig, **kwargs) -> list[T.Tree]:
+        """Generate for all requests; trees in request order."""
+        trees = list(self.stream(requests, config, **kwargs))
+        return sorted(trees, key=lambda t: t.index)
+
+    def stream(
+        self,
+        requests: list[Request],
+        config: GenerationConfig,
+        *,
+        budget: TokenBudget | None = None,
+        on_token: TokenCallback | None = None,
+        keep_sequences: bool = False,
+        catch_interrupt: bool = False,
+    ) -> Iterator[T.Tree]:
+        """Yield each prompt's tree as soon as it is complete (completion order).
+
+        keep_sequences: leave finished sequences in the KV cache (their `llama_seq` is set) for
+        the caller to continue, park or release. catch_interrupt: on Ctrl-C, end live sequences
+        with finish reason `cancelled` and yield what exists instead of raising.
+        """
+        config.validate()
+        budget = budget or TokenBudget()
+        if not requests:
+            return
+        longest = max(len(r.tokens) for r in requests)
+        self._check_prompt_lengths(requests)
+        size, concurrent = self.plan_context(longest, config, len(requests))
+        ctx = self._ensure_context(size)
+        loop = _StepLoop(self, ctx, requests, config, budget, on_token, keep_sequences, concurrent)
+        try:
+            yield from loop.run()
+        except KeyboardInterrupt:
+            if not catch_interrupt:
+                loop.abandon()
+                raise
+            yield from loop.cancel()
+
+    def _check_prompt_lengths(self, requests: list[Request]) -> None:
+        limit = self.model.n_ctx_train
+        for r in requests:
+            if not r.tokens:
+                raise ConfigError("empty prompt")
+            if len(r.tokens) >= limit:
+                raise ConfigError(
+                    f"prompt of {len(r.tokens)} tokens does not fit the model's context of {limit} tokens"
+                )
+
+
+class _StepLoop:
+    """One call's worth of generation state. Separate from Engine so Engine stays reusable."""
+
+    def __init__(self, engine, ctx, requests, config, budget, on_token, keep, concurrent):
+        self.engine = engine
+        self.model: Model = engine.model
+        self.ctx: Context = ctx
+        self.config: GenerationConfig = config
+        self.budget: TokenBudget = budget
+        self.on_token = on_token
+        self.keep = keep
+        self.concurrent = concurrent
+        self.pending = list(requests)
+        self.pending.reverse()  # pop() from the end = request order
+        self.runs: list[_PromptRun] = []
+        self.rows: list[_Row] = []
+        self.parallel = config.method == "parallel"
+        self.think_token = self.model.single_token(config.end_of_thinking) if config.end_of_thinking else None
+        self.free_ids = [i for i in range(ctx.size.n_seq_max) if i not in engine._pinned]
+        for llama_id in self.free_ids:  # whatever an earlier, failed call left behind
+            ctx.drop(llama_id)
+        self.free_ids.reverse()
+        self.context_limit = self.model.n_ctx_train
+
+    # main loop ----------------------------------------------------------------------------------
+    def run(self) -> Iterator[T.Tree]:
+        yield from self._admit()
+        while self.rows:
+            logits = self._decode_step()
+            yield from self._advance(logits)
+            yield from self._admit()
+        # Budget ran out before these prompts got a turn: report them, empty.
+        while self.pending:
+            request = self.pending.pop()
+            yield self._empty_tree(request)
+
+    def _admit(self) -> Iterator[T.Tree]:
+        """Start waiting prompts while there is room: prefill, then 1 (eager) or M (parallel) rows."""
+        while self.pending and len(self.runs) < self.concurrent and not self.budget.exhausted:
+            request = self.pending.pop()
+            cap = request.max_sequences or self.config.max_sequences
+            if len(self.free_ids) < cap:
+                self.pending.append(request)
+                break
+            run = _PromptRun(
+                request=request,
+                tree=T.Tree(
+                    prompt=request.text,
+                    prompt_tokens=len(request.tokens),
+                    method=self.config.method,
+                    index=request.index,
+                    settings=_settings(self.config, cap, request),
+                ),
+                cap=cap,
+                theta=self.config.theta if request.theta is None else request.theta,
+                free_ids=[self.free_ids.pop() for _ in range(cap)],
+                started_at=time.perf_counter(),
+                branching_open=not self.parallel,
+            )
+            try:
+                first_logits = self._prefill(run)
+            except KVCacheFull:
+                self._release_ids(run)
+                self.pending.append(request)
+                if not self.runs:  # nothing will ever free space: report and move on
+                    self.pending.pop()
+                    yield self._empty_tree(request)
+                return
+            self.runs.append(run)
+            root = self._new_row(run, parent=None, fork_at=0, tokens=[], llama_id=run.free_ids.pop())
+            root.fresh_logits = first_logits  # the prefill's sequence becomes the first row
+            if self.parallel:
+                for _ in range(cap - 1):
+                    row = self._new_row(run, parent=None, fork_at=0, tokens=[], llama_id=run.free_ids.pop())
+                    self.ctx.fork(root.llama_id, row.llama_id)
+                    row.fresh_logits = first_logits
+
+    def _prefill(self, run: _PromptRun) -> np.ndarray:
+        request = run.request
+        llama_id = run.prefill_id = run.free_ids[-1]
+        start = 0
+        if request.prefix_seq is not None:
+            start = min(request.reuse, len(request.tokens) - 1)  # decode at least one token for logits
+            self.ctx.fork(request.prefix_seq, llama_id)
+            self.ctx.truncate(llama_id, start)
+        try:
+            return self.ctx.prefill(request.tokens[start:], llama_id, start_pos=start)
+        except KVCacheFull:
+            self.ctx.drop(llama_id)  # earlier chunks may have landed
+            raise
+
+    def _new_row(self, run, *, parent, fork_at, tokens, llama_id) -> _Row:
+        seq = T.Sequence(id=len(run.tree.sequences), parent=parent, fork_at=fork_at, tokens=tokens)
+        seq.entropies = []
+        run.tree.sequences.append(seq)
+        rng = sequence_rng(self.config.seed, run.request.index, run.n_created)
+        run.n_created += 1
+        run.live += 1
+        row = _Row(seq=seq, run=run, llama_id=llama_id, rng=rng)
+        self.rows.append(row)
+        return row
+
+    def _decode_step(self) -> np.ndarray:
+        """Decode every row's newest token in one batch; logits for all rows, in row order."""
+        decoded = [r for r in self.rows if r.fresh_logits is None]
+        fresh = [r for r in self.rows if r.fresh_logits is not None]
+        while decoded:
+            tokens = np.fromiter((r.seq.tokens[-1] for r in decoded), dtype=np.int32, count=len(decoded))
+            positions = np.fromiter((r.position for r in decoded), dtype=np.int32, count=len(decoded))
+            ids = np.fromiter((r.llama_id for r in decoded), dtype=np.int32, count=len(decoded))
+            try:
+                view = self.ctx.decode(tokens, positions, ids, np.ones(len(decoded), dtype=np.int8))
+                break
+            except KVCacheFull:
+                # No room for this step: stop forking everywhere and cut the newest sequence,
+                # whose cells are the likeliest to be its own; retry with the rest.
+                for run in self.runs:
+                    run.branching_open = False
+                victim = decoded.pop()
+                self._finish(victim, T.KV_FULL)
+        else:
+            view = np.empty((0, self.model.n_vocab), dtype=np.float32)
+        self.rows = decoded + fresh
+        if fresh:
+            view = np.concatenate([view] + [r.fresh_logits[None, :] for r in fresh])
+            for r in fresh:
+                r.fresh_logits = None
+        return view
+
+    def _advance(self, logits: np.ndarray) -> Iterator[T.Tree]:
+        """Choose each row's next token (branching where the rule says) and retire finished rows."""
+        rows = list(self.rows)  # children created below are appended to self.rows, not here
+        n = len(rows)
+        if n == 0:
+            return
+        entropies = np.full(n, np.nan)
+        wants_entropy = np.fromiter(
+            (r.run.branching_open and not r.past_thinking for r in rows), dtype=bool, count=n
+        )
+        if wants_entropy.any():
+            idx = np.flatnonzero(wants_entropy)
+            temperature = self.config.sampling.temperature if self.config.tempered_entropy else 1.0
+            subset = logits if len(idx) == n else logits[idx]  # no copy in the common case
+            entropies[idx] = top_k_entropy(subset, self.config.top_k_entropy, temperature or 1.0)
+
+        # The branch rule (eager-method.md §2): H > θ, room under the cap M, window open, not past
+        # the end of thinking. One event adds exactly one sequence, so count this step's events.
+        thresholds = {id(run): run.threshold(self.config.dynamic_threshold) for run in self.runs}
+        branching = np.zeros(n, dtype=bool)
+        new_this_step: dict[int, int] = {}
+        for i in np.flatnonzero(wants_entropy & (entropies > min(thresholds.values(), default=0))):
+            run = rows[i].run
+            planned = new_this_step.get(id(run), 0)
+            if entropies[i] > thresholds[id(run)] and len(run.tree.sequences) + planned < run.cap:
+                branching[i] = True
+                new_this_step[id(run)] = planned + 1
+
+        # Budget: every row needs one token, a branching row two. Earlier rows go first.
+        remaining = self.budget.remaining
+        cut = np.zeros(n, dtype=bool)
+        for i in range(n):
+            need = 2 if branching[i] else 1
+            if need <= remaining:
+                remaining -= need
+            elif branching[i] and remaining >= 1:
+                branching[i] = False  # not enough for the child: the row just samples
+                remaining -= 1
+            else:
+                cut[i] = True
+                branching[i] = False
+
+        sampled = ~branching & ~cut
+        tokens = np.zeros(n, dtype=np.int64)
+        if sampled.any():
+            idx = np.flatnonzero(sampled)
+            uniforms = np.fromiter((rows[i].rng.random() for i in idx), dtype=np.float64, count=len(idx))
+            tokens[idx] = sample_rows(logits[idx], uniforms, self.config.sampling)
+
+        branched_runs: set[int] = set()
+        children: list[_Row] = []
+        for i in np.flatnonzero(branching):
+            row = rows[i]
+            top1, top2 = top_two_tokens(logits[i])
+            tokens[i] = top1
+            child = self._fork(row, top2, float(entropies[i]), thresholds[id(row.run)], top1)
+            children.append(child)
+            branched_runs.add(id(row.run))
+
+        if self.config.dynamic_threshold:
+            for i in np.flatnonzero(wants_entropy):
+                rows[i].run.entropy_history.append(float(entropies[i]))
+
+        for i, row in enumerate(rows):
+            if cut[i]:
+                self._finish(row, T.BUDGET)
+                continue
+            self._append(row, int(tokens[i]), float(entropies[i]))
+        for child in children:
+            self._after_token(child)
+
+        for run in self.runs:
+            run.tree.steps += 1
+            if not run.branching_open:
+                continue
+            if id(run) in branched_runs:
+                run.steps_since_branch = 0
+            else:
+                run.steps_since_branch += 1
+            if run.steps_since_branch >= self.config.branch_window or len(run.tree.sequences) >= run.cap:
+                run.branching_open = False
+
+        self.rows = [r for r in self.rows if r.seq.finish_reason is None]
+        yield from self._completed_runs()
+
+    def _fork(self, parent: _Row, top2: int, entropy: float, threshold: float, top1: int) -> _Row:
+        run = parent.run
+        prefix = list(parent.seq.tokens)
+        llama_id = run.free_ids.pop()
+        self.ctx.fork(parent.llama_id, llama_id)  # shares the prefix's cells: nothing recomputed
+        child = self._new_row(run, parent=parent.seq.id, fork_at=len(prefix), tokens=prefix, llama_id=llama_id)
+        child.seq.entropies = list(parent.seq.entropies)
+        child.past_thinking = parent.past_thinking
+        run.tree.events.append(
+            T.BranchEvent(
+                step=len(prefix),
+                parent=parent.seq.id,
+                child=child.seq.id,
+                entropy=entropy,
+                threshold=threshold,
+                top1=top1,
+                top2=top2,
+                top1_text=self.model.detokenize([top1]),
+                top2_text=self.model.detokenize([top2]),
+            )
+        )
+        child.seq.tokens.append(top2)
+        child.seq.entropies.append(entropy)
+        self.budget.spend(1)
+        return child
+
+    def _append(self, row: _Row, token: int, entropy: float) -> None:
+        row.seq.tokens.append(token)
+        row.seq.entropies.append(entropy)
+        self.budget.spend(1)
+        self._after_token(row)
+
+    def _after_token(self, row: _Row) -> None:
+        token = row.seq.tokens[-1]
+        if self.on_token:
+            self.on_token(row.run.tree, row.seq, token)
+        if token == self.think_token:
+            row.past_thinking = True
+        if self.model.is_eog(token):
+            self._finish(row, T.STOP)
+        elif len(row.seq.tokens) >= self.config.max_new_tokens or row.position + 1 >= self.context_limit:
+            self._finish(row, T.LENGTH)
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        if row.seq.finish_reason is not None:
+            return
+        row.seq.finish_reason = reason
+        row.run.live -= 1
+        if self.keep:
+            row.seq.llama_seq = row.llama_id
+            self.engine._pinned.add(row.llama_id)
+        else:
+            self.ctx.drop(row.llama_id)
+            row.run.free_ids.append(row.llama_id)
+
+    def _completed_runs(self) -> Iterator[T.Tree]:
+        done = [run for run in self.runs if run.live == 0]
+        for run in done:
+            self.runs.remove(run)
+            self._release_ids(run)
+            yield self._finalize(run)
+
+    def _release_ids(self, run: _PromptRun) -> None:
+        pinned = self.engine._pinned
+        self.free_ids.extend(i for i in run.free_ids if i not in pinned)
+        run.free_ids = []
+
+    def _finalize(self, run: _PromptRun) -> T.Tree:
+        tree = run.tree
+        tree.wall_time = time.perf_counter() - run.started_at
+        for seq in tree.sequences:
+            seq.text = self.model.detokenize(t for t in seq.tokens if not self.model.is_eog(t))
+        return tree
+
+    def _empty_tree(self, request: Request) -> T.Tree:
+        return T.Tree(
+            prompt=request.text,
+            prompt_tokens=len(request.tokens),
+            method=self.config.method,
+            index=request.index,
+            settings=_settings(self.config, request.max_sequences or self.config.max_sequences, request),
+            started=False,
+        )
+
+    # interruption -------------------------------------------------------------------------------
+    def cancel(self) -> Iterator[T.Tree]:
+        for row in list(self.rows):
+            self._finish(row, T.CANCELLED)
+        self.rows = []
+        yield from self._completed_runs()
+
+    def abandon(self) -> None:
+        """Free everything this call holds in the context (the caller lets the interrupt through)."""
+        for row in self.rows:
+            if row.seq.finish_reason is None:
+                self.ctx.drop(row.llama_id)
+
+
+def _settings(config: GenerationConfig, cap: int, request: Request) -> dict:
+    return {
+        "theta": config.theta if request.theta is None else request.theta,
+        "max_sequences": cap,
+        "max_new_tokens": config.max_new_tokens,
+        "temperature": config.sampling.temperature,
+        "top_k_entropy": config.top_k_entropy,
+        "branch_window": config.branch_window,
+        "dynamic_threshold": config.dynamic_threshold,
+        "seed": config.seed,
+    }
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def with_overrides(config: GenerationConfig, **changes) -> GenerationConfig:
+    return replace(config, **changes)

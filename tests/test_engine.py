@@ -1,0 +1,222 @@
+"""The engine on the real default model: branch rule, caps, budget, forks, determinism, KV full."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from eager_local import tree as T
+from eager_local.budget import TokenBudget
+from eager_local.engine import ConfigError, Engine, Request
+from eager_local.entropy import top_k_entropy
+from eager_local.llama import Context, ContextSize
+
+
+def requests_for(llm, prompts):
+    return [Request(tokens=llm.prompt_tokens(p), text=p, index=i) for i, p in enumerate(prompts)]
+
+
+def gen(llm, prompts, budget=None, **options):
+    options.setdefault("max_new_tokens", 48)
+    config = llm.config(**options)
+    return llm.engine.generate(requests_for(llm, prompts), config, budget=budget)
+
+
+def test_cap_m_holds_and_low_theta_reaches_it(llm, arith_prompt):
+    for m in (1, 3, 8):
+        (tree,) = gen(llm, [arith_prompt], theta=0.0, max_sequences=m)
+        assert len(tree.sequences) == m  # θ = 0: every uncertain step branches until the cap
+        assert len(tree.events) == m - 1  # one event adds exactly one sequence
+    (tree,) = gen(llm, [arith_prompt], theta=3.5, max_sequences=8)  # above ln 20: never branches
+    assert len(tree.sequences) == 1 and tree.events == []
+
+
+def test_branch_events_follow_the_rule(llm, arith_prompt):
+    (tree,) = gen(llm, [arith_prompt], theta=1.5, max_sequences=6, max_new_tokens=64)
+    assert tree.events, "expected at least one branch at θ=1.5 on this prompt"
+    by_id = {s.id: s for s in tree.sequences}
+    for e in tree.events:
+        parent, child = by_id[e.parent], by_id[e.child]
+        assert e.entropy > e.threshold == 1.5
+        assert child.fork_at == e.step and child.parent == e.parent
+        assert child.tokens[: e.step] == parent.tokens[: e.step]  # shared prefix
+        assert parent.tokens[e.step] == e.top1 and child.tokens[e.step] == e.top2 != e.top1
+        assert child.entropies[e.step] == pytest.approx(e.entropy)
+    # #T counts shared prefixes once
+    assert tree.generated_tokens == sum(len(s.tokens) - s.fork_at for s in tree.sequences)
+    assert tree.generated_tokens < sum(len(s.tokens) for s in tree.sequences)
+
+
+def test_forked_branches_see_the_same_logits_as_a_fresh_context(llm, arith_prompt):
+    """Every recorded entropy of every branch equals the one a fresh context computes for that prefix.
+
+    The fresh context is fed the prefix one token per decode, as the engine does: a single batched
+    prefill takes another matmul path and differs by ~0.1 nats on this model, which would hide bugs.
+    """
+    (tree,) = gen(llm, [arith_prompt], theta=1.2, max_sequences=4, max_new_tokens=24)
+    forked = [s for s in tree.sequences if s.fork_at > 0]
+    assert forked, "expected a fork after the first token"
+    prompt = llm.prompt_tokens(arith_prompt)
+    ctx = Context(llm.model, ContextSize(n_ctx=512, n_seq_max=1, n_batch=512), n_threads=llm.engine.n_threads)
+    try:
+        for seq in tree.sequences:
+            ctx.clear()
+            logits = [ctx.prefill(prompt, 0)]
+            for i, token in enumerate(seq.tokens[:-1]):
+                logits.append(np.array(ctx.decode([token], [len(prompt) + i], [0], [1])[0]))
+            fresh = top_k_entropy(np.stack(logits), 20)
+            recorded = np.array(seq.entropies)
+            computed = ~np.isnan(recorded)
+            assert computed.sum() > 0
+            np.testing.assert_allclose(recorded[computed], fresh[computed], atol=1e-4)
+            if seq.parent is not None:  # the child took the second most likely token at its fork
+                assert seq.tokens[seq.fork_at] == int(np.argsort(logits[seq.fork_at])[-2])
+    finally:
+        ctx.close()
+
+
+def test_same_seed_same_tree_other_seed_other_tree(llm, arith_prompt):
+    a = gen(llm, [arith_prompt], theta=1.8, max_sequences=4, seed=7)[0]
+    b = gen(llm, [arith_prompt], theta=1.8, max_sequences=4, seed=7)[0]
+    c = gen(llm, [arith_prompt], theta=1.8, max_sequences=4, seed=8, temperature=1.0)[0]
+    assert [s.tokens for s in a.sequences] == [s.tokens for s in b.sequences]
+    assert [(e.step, e.parent) for e in a.events] == [(e.step, e.parent) for e in b.events]
+    assert [s.tokens for s in a.sequences] != [s.tokens for s in c.sequences]
+
+
+def test_parallel_draws_m_independent_samples(llm):
+    prompt = "Name a random animal."
+    (tree,) = gen(llm, [prompt], method="parallel", max_sequences=8, temperature=1.0, max_new_tokens=12)
+    assert len(tree.sequences) == 8 and tree.events == []
+    assert all(s.parent is None and s.fork_at == 0 for s in tree.sequences)
+    assert len({tuple(s.tokens) for s in tree.sequences}) >= 4  # independent draws differ
+    # nothing is shared between independent samples: #T is the plain sum
+    assert tree.generated_tokens == sum(len(s.tokens) for s in tree.sequences)
+
+
+def test_budget_is_never_exceeded_and_nothing_is_lost(llm, arith_prompt):
+    for limit in (1, 7, 30, 100):
+        budget = TokenBudget(limit)
+        trees = gen(llm, [arith_prompt, "What is 5 + 4?"], budget=budget, theta=0.5, max_sequences=4, max_new_tokens=40)
+        total = sum(t.generated_tokens for t in trees)
+        assert total == budget.spent <= limit
+        reasons = [s.finish_reason for t in trees for s in t.sequences]
+        assert T.BUDGET in reasons or any(not t.started for t in trees)
+        assert None not in reasons
+    # a session budget spans calls
+    budget = TokenBudget(60)
+    first = gen(llm, [arith_prompt], budget=budget, theta=3.5, max_new_tokens=40)[0]
+    second = gen(llm, [arith_prompt], budget=budget, theta=3.5, max_new_tokens=40)[0]
+    assert first.generated_tokens + second.generated_tokens == budget.spent <= 60
+    assert second.sequences[0].finish_reason == T.BUDGET
+
+
+def test_max_new_tokens_counts_from_the_first_step(llm, arith_prompt):
+    (tree,) = gen(llm, [arith_prompt], theta=0.5, max_sequences=5, max_new_tokens=20)
+    for s in tree.sequences:
+        assert len(s.tokens) <= 20
+        if s.finish_reason == T.LENGTH:
+            assert len(s.tokens) == 20  # a late branch gets only what is left
+
+
+def test_branch_window_closes_branching(llm, arith_prompt):
+    options = dict(theta=1.5, max_sequences=32, max_new_tokens=48)
+    (closed,) = gen(llm, [arith_prompt], branch_window=1, **options)
+    (open_,) = gen(llm, [arith_prompt], **options)
+    # W = 1: the first step without a branch closes branching, so branch steps run 0, 1, 2, ... unbroken
+    steps = sorted({e.step for e in closed.events})
+    assert steps == list(range(len(steps)))
+    open_steps = sorted({e.step for e in open_.events})
+    assert open_steps != list(range(len(open_steps)))  # the same run with W = 1000 branches later too
+    # once the window is closed, entropy is no longer computed
+    assert any(math.isnan(h) for s in closed.sequences for h in s.entropies)
+
+
+def test_no_branching_after_end_of_thinking(llm, arith_prompt):
+    marker = " is"
+    marker_id = llm.model.single_token(marker)
+    assert marker_id is not None
+    (tree,) = gen(llm, [arith_prompt], theta=0.0, max_sequences=24, max_new_tokens=40, end_of_thinking=marker, temperature=1.0)
+    by_id = {s.id: s for s in tree.sequences}
+    for e in tree.events:
+        assert marker_id not in by_id[e.parent].tokens[: e.step]
+    past = [s for s in tree.sequences if marker_id in s.tokens]
+    assert past, "some sequence should have emitted the marker"
+    for s in past:
+        after = s.tokens.index(marker_id) + 1
+        assert all(math.isnan(h) for h in s.entropies[after:])
+
+
+def test_dynamic_threshold_rises_above_theta(llm, arith_prompt):
+    (tree,) = gen(llm, [arith_prompt], theta=0.5, max_sequences=8, dynamic_threshold=True, max_new_tokens=64)
+    assert tree.events
+    assert all(e.threshold >= 0.5 for e in tree.events)
+    assert any(e.threshold > 0.5 for e in tree.events)
+
+
+def test_many_prompts_share_batches(llm):
+    prompts = [f"What is {a} + {b}?" for a, b in [(2, 3), (10, 7), (41, 1), (8, 8)]]
+    trees = gen(llm, prompts, theta=2.0, max_sequences=4, max_new_tokens=24)
+    assert [t.index for t in trees] == [0, 1, 2, 3]
+    assert all(t.sequences and all(s.finish_reason for s in t.sequences) for t in trees)
+
+
+def test_kv_full_cuts_sequences_without_losing_tokens(llm, arith_prompt):
+    tiny = Engine(llm.model, n_threads=llm.engine.n_threads, kv_memory=256 * llm.model.kv_bytes_per_cell())
+    config = llm.config(theta=0.0, max_sequences=8, max_new_tokens=200)
+    (tree,) = tiny.generate(requests_for(llm, [arith_prompt]), config)
+    reasons = {s.finish_reason for s in tree.sequences}
+    assert T.KV_FULL in reasons
+    assert all(len(s.tokens) > 0 for s in tree.sequences)
+    assert tree.generated_tokens + tree.prompt_tokens > 256 - 8  # it really filled the cache
+    tiny.context.close()
+
+
+def test_parked_sequence_resumes_exactly(llm, arith_prompt):
+    """Save a sequence's state, drop it, disturb the cache, restore it elsewhere: same continuation."""
+    model = llm.model
+    prompt = llm.prompt_tokens(arith_prompt)
+    ctx = Context(model, ContextSize(n_ctx=1024, n_seq_max=4, n_batch=512), n_threads=llm.engine.n_threads)
+    try:
+        def greedy(seq_id, first_logits, start, n):
+            out, logits = [], first_logits
+            for i in range(n):
+                tok = int(np.argmax(logits))
+                out.append(tok)
+                logits = ctx.decode([tok], [start + i], [seq_id], [1])[0].copy()
+            return out, logits
+
+        first = ctx.prefill(prompt, 0)
+        head, logits = greedy(0, first, len(prompt), 5)
+        state = ctx.park(0)
+        reference, ref_logits = greedy(0, logits, len(prompt) + 5, 10)
+        ctx.drop(0)
+        ctx.prefill(model.tokenize("Something else entirely, to reuse the cells."), 1)
+        ctx.restore(state, 2)
+        assert ctx.seq_length(2) == len(prompt) + 5
+        resumed, res_logits = greedy(2, logits, len(prompt) + 5, 10)
+        assert resumed == reference
+        np.testing.assert_allclose(res_logits, ref_logits, atol=1e-3)
+    finally:
+        ctx.close()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(theta=-1.0), "theta"),
+        (dict(max_sequences=0), "max-sequences"),
+        (dict(max_new_tokens=0), "max-new-tokens"),
+        (dict(method="beam"), "method"),
+    ],
+)
+def test_nonsense_parameters_are_refused(llm, options, message):
+    with pytest.raises(ConfigError, match=message):
+        gen(llm, ["hi"], **options)
+
+
+def test_prompt_longer_than_context_is_refused(llm):
+    with pytest.raises(ConfigError, match="does not fit"):
+        gen(llm, ["word " * (llm.model.n_ctx_train + 10)])
