@@ -45,6 +45,7 @@ class GenerationConfig:
     dynamic_threshold: bool = False  # θ_t = max(θ, p99 of the prompt's entropies so far)
     end_of_thinking: str | None = None  # e.g. "</think>": no branching after it
     seed: int = 55
+    ignore_eos: bool = False  # benchmarks: run every sequence to max_new_tokens
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -509,7 +510,7 @@ class _StepLoop:
             self.on_token(row.run.tree, row.seq, token)
         if token == self.think_token:
             row.past_thinking = True
-        if self.model.is_eog(token):
+        if self.model.is_eog(token) and not self.config.ignore_eos:
             self._finish(row, T.STOP)
         elif len(row.seq.tokens) >= self.config.max_new_tokens or row.position + 1 >= self.context_limit:
             self._finish(row, T.LENGTH)

@@ -76,7 +76,10 @@ def default_threads() -> int:
 
     llama.cpp's worker threads spin; on small shared machines more threads than physical cores
     collapses throughput by 10-60x, so we never default to logical (SMT) cores.
+    EAGER_LOCAL_THREADS overrides (e.g. 1 when several model processes share a small machine).
     """
+    if os.environ.get("EAGER_LOCAL_THREADS", "").isdigit() and int(os.environ["EAGER_LOCAL_THREADS"]) > 0:
+        return int(os.environ["EAGER_LOCAL_THREADS"])
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -95,4 +96,9 @@ def test_models_list_and_path(default_model_path):
 
 
 def test_console_script_is_installed():
-    assert shutil.which("eager-local"), "pip install -e . should put eager-local on PATH"
+    """`pip install -e .` puts `eager-local` beside the interpreter (on PATH in an activated venv)."""
+    script = Path(sys.executable).parent / "eager-local"
+    found = shutil.which("eager-local") or (str(script) if script.exists() else None)
+    assert found, "eager-local console script not installed"
+    r = subprocess.run([found, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "run" in r.stdout and "models" in r.stdout
