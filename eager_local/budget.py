@@ -64,6 +64,8 @@ def reallocation_candidates(
         raise ValueError(f"unknown reallocation mode {mode!r}")
     if solved is None:
         raise ValueError("full EAGer needs to know which prompts are solved")
+    if len(solved) != len(n_sequences):
+        raise ValueError(f"got {len(solved)} solved flags for {len(n_sequences)} prompts")
     unsolved_capped = [i for i in hit_cap if not solved[i]]
     unsolved_rest = [i for i, n in enumerate(n_sequences) if n < max_sequences and not solved[i]]
     return unsolved_capped + unsolved_rest

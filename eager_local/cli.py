@@ -160,6 +160,21 @@ def models_path(name):
     click.echo(str(models.resolve(name).path))
 
 
+from .eval.commands import eval_command, report_command  # noqa: E402
+
+cli.add_command(eval_command, "eval")
+cli.add_command(report_command, "report")
+
+from .chat import chat_command  # noqa: E402
+
+cli.add_command(chat_command, "chat")
+
+
+from .calibration_cli import calibrate_command  # noqa: E402
+
+cli.add_command(calibrate_command, "calibrate")
+
+
 def main(argv=None):
     """Entry point: click's usage errors become one line too."""
     try:

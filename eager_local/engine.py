@@ -12,6 +12,7 @@ prompts admitted as earlier ones finish so the batch stays full, sequence ids re
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,20 @@ from .sampling import SamplingParams, sample_rows, sequence_rng
 
 METHODS = ("eager-init", "parallel")
 DEFAULT_KV_MEMORY = 2 << 30  # bytes of KV cache the engine allocates at most by default
+
+
+def default_kv_memory() -> int:
+    """At most 2 GiB of KV cache, and at most a quarter of the memory available now."""
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
+    except (ValueError, OSError):
+        pages = 0
+    if not pages:
+        try:
+            pages = os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return DEFAULT_KV_MEMORY
+    return max(64 << 20, min(DEFAULT_KV_MEMORY, pages * os.sysconf("SC_PAGE_SIZE") // 4))
 
 
 class ConfigError(ValueError):
@@ -132,12 +147,12 @@ class Engine:
         model: Model,
         *,
         n_threads: int | None = None,
-        kv_memory: int = DEFAULT_KV_MEMORY,
+        kv_memory: int | None = None,
         max_concurrent_prompts: int | None = None,
     ):
         self.model = model
         self.n_threads = n_threads
-        self.kv_memory = kv_memory
+        self.kv_memory = kv_memory or default_kv_memory()
         self.max_concurrent_prompts = max_concurrent_prompts
         self.context: Context | None = None
         self._pinned: set[int] = set()  # llama ids kept alive for the caller (chat branches)
@@ -175,6 +190,16 @@ class Engine:
         # Growing the context: park the sequences the caller keeps and restore them under the same ids.
         kept = {i: ctx.park(i) for i in sorted(self._pinned)} if ctx else {}
         if ctx:
+            # Grow by at least half again, so a conversation that lengthens turn by turn does not
+            # rebuild its context every turn (within the memory limit).
+            cell_limit = max(256, self.kv_memory // self.model.kv_bytes_per_cell())
+            grown = min(cell_limit, _round_up(ctx.n_ctx * 3 // 2, 256))
+            size = replace(
+                size,
+                n_ctx=max(size.n_ctx, grown),
+                n_seq_max=max(size.n_seq_max, ctx.size.n_seq_max),
+                n_batch=max(size.n_batch, ctx.size.n_batch),
+            )
             ctx.close()
         self.context = Context(self.model, size, n_threads=self.n_threads)
         for llama_id, state in kept.items():
@@ -236,7 +261,11 @@ class Engine:
             return
         longest = max(len(r.tokens) for r in requests)
         self._check_prompt_lengths(requests)
-        size, concurrent = self.plan_context(longest, config, len(requests))
+        # Size for the largest per-request cap (reallocated runs override M), or it would never fit.
+        biggest_cap = max(r.max_sequences or config.max_sequences for r in requests)
+        if not 1 <= biggest_cap <= MAX_SEQUENCES:
+            raise ConfigError(f"max-sequences must be between 1 and {MAX_SEQUENCES}, got {biggest_cap}")
+        size, concurrent = self.plan_context(longest, replace(config, max_sequences=biggest_cap), len(requests))
         ctx = self._ensure_context(size)
         loop = _StepLoop(self, ctx, requests, config, budget, on_token, keep_sequences, concurrent)
         try:

@@ -21,7 +21,31 @@ def requests_for(llm, prompts):
 def gen(llm, prompts, budget=None, **options):
     options.setdefault("max_new_tokens", 48)
     config = llm.config(**options)
-    return llm.engine.generate(requests_for(llm, prompts), config, budget=budget)
+    spent_before = budget.spent if budget else 0
+    trees = llm.engine.generate(requests_for(llm, prompts), config, budget=budget)
+    for tree in trees:
+        check_invariants(tree, config)
+    if budget is not None:
+        assert budget.spent - spent_before == sum(t.generated_tokens for t in trees)
+        assert budget.limit is None or budget.spent <= budget.limit
+    return trees
+
+
+def check_invariants(tree, config):
+    """What must hold on every run: the cap M, max_new_tokens, one event per extra sequence, #T."""
+    seqs = tree.sequences
+    assert len(seqs) <= config.max_sequences
+    roots = [s for s in seqs if s.parent is None]
+    if tree.started:
+        assert len(roots) == (config.max_sequences if config.method == "parallel" else 1)
+    assert len(tree.events) == len(seqs) - len(roots)
+    for s in seqs:
+        assert len(s.tokens) <= config.max_new_tokens
+        assert len(s.entropies) == len(s.tokens)
+        assert s.finish_reason in T.FINISH_REASONS
+        if s.parent is not None:
+            assert 0 <= s.fork_at < len(s.tokens)
+    assert tree.generated_tokens == sum(len(s.tokens) - s.fork_at for s in seqs)
 
 
 def test_cap_m_holds_and_low_theta_reaches_it(llm, arith_prompt):
@@ -220,3 +244,11 @@ def test_nonsense_parameters_are_refused(llm, options, message):
 def test_prompt_longer_than_context_is_refused(llm):
     with pytest.raises(ConfigError, match="does not fit"):
         gen(llm, ["word " * (llm.model.n_ctx_train + 10)])
+
+
+def test_a_request_may_raise_its_own_cap(llm, arith_prompt):
+    """Reallocated EAGer runs give a prompt its own cap, above the config's M: it must be honoured."""
+    config = llm.config(theta=0.0, max_sequences=2, max_new_tokens=24)
+    request = Request(tokens=llm.prompt_tokens(arith_prompt), text=arith_prompt, max_sequences=6)
+    (tree,) = llm.engine.generate([request], config)
+    assert tree.started and len(tree.sequences) == 6

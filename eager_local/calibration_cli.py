@@ -1,0 +1,158 @@
+"""`eager-local calibrate`: record the model's entropies on a task and pick θ for target #S."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .cli import user_errors
+
+
+@click.command("calibrate")
+@click.option("--model", "-m", "model", default=None, help="Registry name, .gguf path or http(s) URL (default: smollm2-135m).")
+@click.option("--dataset", "-d", default=None,
+              help="Calibrate on this dataset (gsm8k, math500, aime2024, aime2025, arith[:N[:SEED]], a .jsonl); "
+                   "`eval -d` on the same family uses the profile.")
+@click.option("--limit", type=int, default=8, show_default=True, help="Problems of --dataset to decode.")
+@click.option("--offset", type=int, default=0, show_default=True, help="Skip this many problems of --dataset first.")
+@click.option("--prompts", "prompts_file", default=None,
+              help="File of prompts (one per line, or JSONL with \"prompt\"): the profile `run`/`chat` use.")
+@click.option("--samples", type=int, default=2, show_default=True, help="Sampled sequences recorded per prompt.")
+@click.option("--max-sequences", "-M", type=int, default=8, show_default=True, help="Cap M the targets are computed for.")
+@click.option("--target-sequences", "-S", type=int, default=None,
+              help="Target mean #S checked with a real run (default: M/2, at least 2).")
+@click.option("--no-check", is_flag=True, help="Skip the real run that checks the θ of the target.")
+@click.option("--temperature", "-t", type=float, default=0.6, show_default=True)
+@click.option("--top-k", type=int, default=0, help="Sampling top-k (0 = off).")
+@click.option("--top-p", type=float, default=1.0, help="Sampling top-p (1 = off).")
+@click.option("--min-p", type=float, default=0.0, help="Sampling min-p (0 = off).")
+@click.option("--top-k-entropy", type=int, default=20, show_default=True, help="K of the top-K entropy.")
+@click.option("--tempered-entropy", is_flag=True, help="Ablation: entropy of the tempered distribution.")
+@click.option("--max-new-tokens", "-n", type=int, default=512, show_default=True,
+              help="Per sequence; must match the runs the profile is for.")
+@click.option("--branch-window", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=55, show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads (default: physical cores).")
+@click.option("--n-gpu-layers", type=int, default=0, help="Layers to offload (Metal/CUDA builds).")
+@click.option("--chat/--raw", default=True, help="Apply the GGUF's chat template (default) or not.")
+@click.option("--system", default=None, help="System message (with --chat).")
+@click.option("--prompt-template", default=None,
+              help="Text around each problem, with {problem}, or @FILE. Default: eval's template with "
+                   "--dataset, the prompt as is otherwise.")
+@click.option("--reuse", is_flag=True,
+              help="Use the saved profile for these exact settings if there is one (check the target if it "
+                   "was not checked yet) instead of recording again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile entry (without traces) as JSON.")
+@user_errors
+def calibrate_command(model, dataset, limit, offset, prompts_file, samples, max_sequences, target_sequences,
+                      no_check, temperature, top_k, top_p, min_p, top_k_entropy, tempered_entropy, max_new_tokens,
+                      branch_window, seed, threads, n_gpu_layers, chat, system, prompt_template, reuse, as_json):
+    """Decode a few prompts, record top-K entropies, and write θ for target #S to the model's profile."""
+    from . import calibration as C
+    from .engine import ConfigError, GenerationConfig
+    from .llama import MAX_SEQUENCES
+    from .sampling import SamplingParams
+
+    if dataset and prompts_file:
+        raise ConfigError("give --dataset or --prompts, not both")
+    if limit < 1:
+        raise ConfigError(f"limit must be >= 1, got {limit}")
+    if samples < 1:
+        raise ConfigError(f"samples must be >= 1, got {samples}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
+    if not 2 <= max_sequences <= MAX_SEQUENCES:
+        raise ConfigError(f"max-sequences must be between 2 and {MAX_SEQUENCES}, got {max_sequences}")
+    target = target_sequences if target_sequences is not None else max(2, max_sequences // 2)
+    if not 2 <= target <= max_sequences:
+        raise ConfigError(f"target-sequences must be between 2 and max-sequences ({max_sequences}), got {target}")
+    GenerationConfig(theta=1.0, max_sequences=max_sequences, max_new_tokens=max_new_tokens,
+                     sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p),
+                     top_k_entropy=top_k_entropy, branch_window=branch_window).validate()
+
+    if prompts_file:
+        prompts = C.read_prompts_file(prompts_file)
+        task, source = C.DEFAULT_TASK, {"prompts_file": str(prompts_file)}
+        default_template = C.RAW_TEMPLATE
+    elif dataset:
+        prompts = C.dataset_problems(dataset, limit=limit, offset=offset)
+        task, source = C.task_of_dataset(dataset), {"dataset": dataset, "limit": limit, "offset": offset}
+        from .eval.prompting import DEFAULT_TEMPLATE
+
+        default_template = DEFAULT_TEMPLATE
+    else:
+        prompts = C.dataset_problems(None, limit=limit, offset=offset)
+        task, source = C.DEFAULT_TASK, {"dataset": "gsm8k", "limit": limit, "offset": offset}
+        default_template = C.RAW_TEMPLATE
+    if prompt_template is not None:
+        from .eval.prompting import load_template
+
+        template = load_template(prompt_template)
+    else:
+        template = default_template
+
+    from .api import EagerLocal
+
+    llm = EagerLocal(model, threads=threads, n_gpu_layers=n_gpu_layers)
+    settings = C.Settings(temperature=temperature, top_k_entropy=top_k_entropy, max_new_tokens=max_new_tokens,
+                          tempered_entropy=tempered_entropy, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+    fmt = C.PromptFormat(chat=chat, system=system, template=template)
+    log = (lambda m: click.echo(m, err=True))
+    entry = C.load_entry(C.make_key(llm, settings, fmt, task)) if reuse else None
+    if entry is None:
+        entry, path = C.calibrate(llm, prompts, settings=settings, fmt=fmt, task=task, source=source,
+                                  samples=samples, check_target=None if no_check else target,
+                                  max_sequences=max_sequences, branch_window=branch_window, log=log)
+    else:
+        log(f"reusing the profile recorded {entry.created} on {entry.source}")
+        if not no_check and entry.find_check(target, max_sequences, branch_window) is None:
+            tokens = [llm.prompt_tokens(fmt.render(p), chat=fmt.chat, system=fmt.system) for p in prompts]
+            C.run_check(entry, llm, tokens, settings, target, max_sequences, branch_window, log=log)
+        path = C.save_entry(entry)
+    table = entry.target_table(max_sequences, branch_window)
+    check = entry.find_check(target, max_sequences, branch_window)
+    if as_json:
+        doc = entry.to_dict()
+        doc.pop("traces")
+        doc["targets"] = table
+        doc["max_sequences"] = max_sequences
+        doc["profile"] = str(path)
+        click.echo(json.dumps(doc, ensure_ascii=False, indent=1))
+        return
+    click.echo(render_profile(entry, table, check, max_sequences, path))
+
+
+def render_profile(entry, table, check, max_sequences, path) -> str:
+    import math
+
+    key = entry.key
+    n_traces = sum(len(p) for p in entry.traces)
+    lines = [
+        f"model {key.model_sha256[:16]}  task {key.task}  format {key.prompt_format}  K={key.top_k_entropy}  "
+        f"T={key.temperature:g}  max-new-tokens={key.max_new_tokens}",
+        f"recorded {n_traces} traces on {len(entry.traces)} prompts, {len(entry.entropies())} entropies "
+        f"(ln K = {math.log(key.top_k_entropy):.3f})",
+        "",
+        "entropy quantiles (nats)",
+    ]
+    for name, value in entry.quantile_table().items():
+        lines.append(f"  {name:>6}  {value:.3f}")
+    lines += ["", f"θ for a target mean #S (EAGer-init, M={max_sequences}; estimated from the traces)",
+              f"  {'target':>6}  {'θ':>6}  {'predicted #S':>12}"]
+    for row in table:
+        lines.append(f"  {row['target']:>6}  {row['theta']:>6.3f}  {row['predicted']:>12.2f}")
+    checks = [c for c in entry.checks if c["max_sequences"] == max_sequences]
+    checks.sort(key=lambda c: c["target"])
+    for c in checks:
+        lines += ["", f"checked target {c['target']} with a real run on the calibration prompts:"]
+        for i, run in enumerate(c["runs"]):
+            label = "first" if i == 0 else "refined"
+            lines.append(f"  {label:<8} θ = {run['theta']:.3f}  predicted {run['predicted']:.2f}  "
+                         f"achieved {run['achieved']:.2f}  ({run['tokens']} tokens, {run['seconds']:.1f} s)")
+        lines.append(f"  use θ = {c['theta']:.3f} for --theta auto --target-sequences {c['target']}")
+    t = entry.timing
+    lines += ["", f"calibration took {t.get('total_seconds', 0):.1f} s "
+                  f"({t.get('record_tokens', 0) + t.get('check_tokens', 0)} tokens generated)",
+              f"profile written to {path}"]
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""`eager-local eval` and `eager-local report`: thin click wrappers over runner.py and report.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..cli import config_options, generation_options, load_runner, user_errors
+from . import store
+
+ALL_METHODS = ",".join(store.EVAL_METHODS)
+
+
+def eval_generation_options(func):
+    """`run`'s generation options, except that --theta and -M take comma lists (sweeps)."""
+    func = generation_options(func)
+    sweeps = {
+        "theta": click.Option(["--theta"], default="2.4", show_default=True,
+                              help="Branch when top-K entropy (nats) exceeds this; a comma list sweeps (1.8,2.0,2.4)."),
+        "max_sequences": click.Option(["--max-sequences", "-M"], default="8", show_default=True,
+                                      help="Cap on sequences per prompt (parallel draws exactly M); a comma list sweeps (4,8)."),
+    }
+    func.__click_params__ = [sweeps.get(p.name, p) for p in func.__click_params__]
+    return func
+
+
+@click.command("eval")
+@click.option("--dataset", "-d", required=True,
+              help="gsm8k, math500, aime2024, aime2025, arith[:N[:SEED]], or a .jsonl file.")
+@click.option("--method", "methods", default=ALL_METHODS, show_default=True,
+              help="Comma list of parallel, eager-init, eager-adapt, eager.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Run directory (runs/NAME).")
+@click.option("--limit", type=int, default=None, help="At most this many problems (after --offset).")
+@click.option("--offset", type=int, default=0, show_default=True, help="Skip this many problems first.")
+@click.option("--ids", default=None, help="Comma list of problem ids, or @FILE with one id per line.")
+@click.option("--shuffle", is_flag=True, help="Shuffle (with --seed) before --offset/--limit.")
+@click.option("--shard", default=None, help="i/n: keep every n-th problem starting at i (0-based).")
+@click.option("--problem-field", default="problem", show_default=True, help="Problem field of a user JSONL.")
+@click.option("--answer-field", default="answer", show_default=True, help="Answer field of a user JSONL.")
+@click.option("--id-field", default="id", show_default=True, help="Id field of a user JSONL (else the line number).")
+@click.option("--answer-kind", type=click.Choice(["auto", "numeric", "latex"]), default="auto", show_default=True,
+              help="How a user JSONL's answers are compared.")
+@click.option("--prompt-template", default=None,
+              help="Text around the problem, with {problem}; or @FILE. Default: reason step by step, answer in \\boxed{}.")
+@click.option("--progress/--no-progress", default=True, help="tqdm progress bar on stderr.")
+@eval_generation_options
+@user_errors
+def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, problem_field, answer_field, id_field,
+                 answer_kind, prompt_template, progress, **opts):
+    """Evaluate methods on a dataset; results are written as they arrive and a rerun resumes."""
+    from .. import models
+    from ..engine import GenerationConfig
+    from ..llama import MAX_SEQUENCES
+    from ..sampling import SamplingParams
+    from .datasets import load_dataset, parse_shard, select
+    from .plan import PER_PROMPT_CAP
+    from .prompting import load_template
+    from .runner import (EvalSpec, Evaluation, model_sha256, open_run_dir, parse_list, parse_methods,
+                         session_info)
+
+    method_list = parse_methods(methods)
+    thetas = parse_list(opts["theta"], float, "theta")
+    ms = parse_list(opts["max_sequences"], int, "max-sequences")
+    generation = config_options(opts)
+    generation.pop("theta")
+    generation.pop("max_sequences")
+    sampling = SamplingParams(**{k: generation[k] for k in ("temperature", "top_k", "top_p", "min_p")})
+    rest = {k: v for k, v in generation.items() if k not in ("temperature", "top_k", "top_p", "min_p")}
+    for theta in thetas:
+        for m in ms:
+            GenerationConfig(method="eager-init", theta=theta, max_sequences=m, sampling=sampling, **rest).validate()
+            if "eager-adapt" in method_list and PER_PROMPT_CAP["eager-adapt"] * m > MAX_SEQUENCES:
+                raise ValueError(f"eager-adapt gives a prompt up to 3M sequences: M={m} exceeds "
+                                 f"{MAX_SEQUENCES // 3} (llama.cpp's limit is {MAX_SEQUENCES} sequences)")
+    if opts["threads"] is not None and opts["threads"] < 1:
+        raise ValueError(f"threads must be >= 1, got {opts['threads']}")
+    if opts["budget"] is not None and opts["budget"] < 0:
+        raise ValueError(f"budget must be >= 0 tokens, got {opts['budget']}")
+    if shard is not None:
+        parse_shard(shard)
+    template = load_template(prompt_template)
+    id_list = _read_ids(ids) if ids is not None else None
+
+    everything = load_dataset(dataset, problem_field=problem_field, answer_field=answer_field,
+                              id_field=id_field, kind=answer_kind)
+    positions = {p.id: i for i, p in enumerate(everything)}
+    problems = select(everything, limit=limit, offset=offset, ids=id_list, shuffle=shuffle,
+                      seed=opts["seed"], shard=shard)
+    if not problems:
+        raise ValueError("no problems selected (check --limit, --offset, --ids and --shard)")
+
+    resolved = models.resolve(opts["model"])
+    sha = model_sha256(resolved.path, resolved.sha256)
+    spec = EvalSpec(
+        dataset=dataset,
+        selection={"limit": limit, "offset": offset, "ids": id_list, "shuffle": shuffle, "seed": opts["seed"],
+                   "shard": shard},
+        fields={"problem": problem_field, "answer": answer_field, "id": id_field, "kind": answer_kind},
+        methods=method_list,
+        thetas=thetas,
+        max_sequences=ms,
+        prompt_template=template,
+        system=opts["system"],
+        chat=opts["chat"],
+        budget=opts["budget"],
+        generation=generation,
+        model_sha256=sha,
+    )
+    info = session_info(resolved.path, resolved.name, sha, opts["threads"])
+    open_run_dir(out, spec, problems, info)
+
+    runner = load_runner({**opts, "model": str(resolved.path)})
+    evaluation = Evaluation(spec, out, runner, problems, [positions[p.id] for p in problems], progress=progress)
+    evaluation.run()
+    click.echo(f"results in {out}; summary: eager-local report {out}")
+
+
+def _read_ids(text: str) -> list[str]:
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise ValueError(f"cannot read ids file {path}: {e.strerror or e}") from None
+        ids = [line.strip() for line in lines if line.strip()]
+    else:
+        ids = [x.strip() for x in text.split(",") if x.strip()]
+    if not ids:
+        raise ValueError("--ids: no id given")
+    return ids
+
+
+@click.command("report")
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json", "csv"]), default="table",
+              show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Draw pass@k against tokens per prompt into this PNG.")
+@user_errors
+def report_command(run_dirs, fmt, plot_path):
+    """Summarise run directories (shards of one run are merged): p@1, pass@k, cons@k, PR, #T, #S, time, memory."""
+    from .report import RENDERERS, build_report, plot
+
+    groups = build_report(list(run_dirs))
+    click.echo(RENDERERS[fmt](groups), nl=False)
+    if plot_path is not None:
+        plot(groups, plot_path)
+        click.echo(f"plot written to {plot_path}", err=True)
+    sys.stdout.flush()

@@ -1,0 +1,325 @@
+"""Read run directories and summarise them in the paper's terms (eager-method.md §6).
+
+Run directories whose parameters are equal except for `--shard` are merged (the shards of one
+evaluation); a prompt id that appears in two of them is counted once. Other directories are
+reported as separate groups. Pure Python: no llama.cpp, matplotlib only for --plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import store
+from .metrics import aggregate, prompt_metrics
+from .store import PARALLEL, Point
+
+METHOD_ORDER = {m: i for i, m in enumerate(store.EVAL_METHODS)}
+COLUMNS = [
+    # key, header, format
+    ("method", "method", "{}"),
+    ("theta", "θ", "{}"),
+    ("M", "M", "{}"),
+    ("prompts", "prompts", "{}"),
+    ("p@1", "p@1", "{:.3f}"),
+    ("pass@k", "pass@k", "{:.3f}"),
+    ("cons@k", "cons@k", "{:.3f}"),
+    ("PR", "PR", "{:.3f}"),
+    ("#T", "#T", "{:.1f}"),
+    ("#S", "#S", "{:.2f}"),
+    ("wall_s", "wall s", "{:.1f}"),
+    ("peak_mb", "peak MB", "{:.0f}"),
+    ("tokens_vs_parallel", "T/par", "{:.2f}"),
+    ("time_vs_parallel", "time/par", "{:.2f}"),
+    ("cut", "cut", "{}"),
+]
+
+
+@dataclass
+class Group:
+    dirs: list[Path]
+    manifests: list[dict]
+    expected: list[str] = field(default_factory=list)  # problem ids over all shards, deduplicated
+    rows: list[dict] = field(default_factory=list)
+    duplicates: int = 0
+    budget: dict = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict:
+        return self.manifests[0]["params"]
+
+
+def expand_dirs(patterns: list[str]) -> list[Path]:
+    dirs: list[Path] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise store.ResultsError(f"no run directory matches {pattern}")
+            dirs += [Path(m) for m in matches]
+        else:
+            dirs.append(Path(pattern))
+    unique: list[Path] = []
+    for d in dirs:
+        if d.resolve() not in [u.resolve() for u in unique]:
+            unique.append(d)
+    return unique
+
+
+def _merge_key(params: dict) -> str:
+    p = json.loads(json.dumps(params))
+    p.get("selection", {}).pop("shard", None)
+    return json.dumps(p, sort_keys=True)
+
+
+def build_report(patterns: list[str]) -> list[Group]:
+    dirs = expand_dirs(patterns)
+    groups: dict[str, Group] = {}
+    for d in dirs:
+        manifest = store.load_manifest(d)
+        key = _merge_key(manifest["params"])
+        group = groups.setdefault(key, Group(dirs=[], manifests=[]))
+        group.dirs.append(d)
+        group.manifests.append(manifest)
+    for group in groups.values():
+        _fill(group)
+    return list(groups.values())
+
+
+def _points_in(run_dir: Path) -> list[Point]:
+    points = []
+    for path in run_dir.glob("*.jsonl"):
+        if path.name.endswith(".extra.jsonl"):
+            continue
+        point = store.parse_point(path.name[: -len(".jsonl")])
+        if point:
+            points.append(point)
+    return points
+
+
+def _fill(group: Group) -> None:
+    seen_ids: set[str] = set()
+    for m in group.manifests:
+        for pid in m.get("problems", []):
+            if pid not in seen_ids:
+                seen_ids.add(pid)
+                group.expected.append(pid)
+    points = sorted({p for d in group.dirs for p in _points_in(d)},
+                    key=lambda p: (p.max_sequences, p.theta or 0.0, METHOD_ORDER[p.method]))
+    spent = 0
+    for point in points:
+        records: dict[str, dict] = {}
+        wall = 0.0
+        peaks = []
+        complete = True
+        for d in group.dirs:
+            for record in store.read_records(d / point.records_file):
+                if record["id"] in records:
+                    group.duplicates += 1
+                    continue
+                records[record["id"]] = record
+            stats = store.read_json(d / point.stats_file) or {}
+            wall += stats.get("total_wall_time", stats.get("wall_time")) or 0.0
+            if stats.get("peak_rss_mb"):
+                peaks.append(stats["peak_rss_mb"])
+            complete = complete and bool(stats.get("complete"))
+            if not point.reallocates:
+                spent += sum(r["#T"] for r in store.read_records(d / point.records_file))
+            else:
+                spent += sum(r["#T"] for r in store.read_records(d / point.extra_file))
+        per_prompt = [_prompt_metrics(r) for r in records.values()]
+        summary = aggregate(per_prompt)
+        row = {
+            "method": point.method,
+            "theta": point.theta,
+            "M": point.max_sequences,
+            "point": point.name,
+            "prompts": len(records),
+            "expected": len(group.expected),
+            "complete": complete and len(records) >= len(group.expected),
+            "p@1": summary.get("p@1"),
+            "pass@k": summary.get("pass@k"),
+            "cons@k": summary.get("cons@k"),
+            "PR": summary.get("PR"),
+            "#T": summary.get("#T"),
+            "#S": summary.get("#S"),
+            "total_tokens": sum(r["#T"] for r in records.values()),
+            "wall_s": round(wall, 3),
+            "peak_mb": max(peaks) if peaks else None,
+            "cut": sum(1 for r in records.values() if r.get("cut_by_budget")),
+            "not_started": sum(1 for r in records.values() if not r.get("started", True)),
+        }
+        group.rows.append(row)
+    for row in group.rows:
+        base = next((r for r in group.rows if r["method"] == PARALLEL and r["M"] == row["M"]), None)
+        ok = base is not None and base["prompts"] and row["prompts"]
+        row["tokens_vs_parallel"] = row["#T"] / base["#T"] if ok and base["#T"] else None
+        row["time_vs_parallel"] = row["wall_s"] / base["wall_s"] if ok and base["wall_s"] else None
+    limit = group.params.get("budget")
+    group.budget = {
+        "limit": limit,
+        "spent": spent,
+        "cut_prompts": sum(r["cut"] for r in group.rows),
+    }
+
+
+def _prompt_metrics(record: dict) -> dict:
+    seqs = record["sequences"]
+    return prompt_metrics(
+        [s["correct"] for s in seqs], [s["answer"] for s in seqs], record["reference"], record["kind"], record["#T"]
+    )
+
+
+# --- output ----------------------------------------------------------------------------------------
+def _cell(row: dict, key: str, fmt: str) -> str:
+    value = row.get(key)
+    if key == "theta" and value is None:
+        return "-"
+    if key == "prompts":
+        return f"{value}/{row['expected']}" + ("" if row["complete"] else "*")
+    if value is None:
+        return "-"
+    return fmt.format(value)
+
+
+def _title(group: Group) -> str:
+    p = group.params
+    m = group.manifests[0]
+    model = m["model"].get("name") or Path(m["model"]["path"]).name
+    gen = p["generation"]
+    shards = f", {len(group.dirs)} dirs merged" if len(group.dirs) > 1 else ""
+    return (f"{p['dataset']} · {model} · T={gen['temperature']} · max_new_tokens={gen['max_new_tokens']}"
+            f" · seed={gen['seed']}{shards}")
+
+
+def _notes(group: Group) -> list[str]:
+    notes = []
+    b = group.budget
+    if b["limit"] is not None:
+        notes.append(f"token budget: {b['spent']} of {b['limit']} spent; {b['cut_prompts']} prompt record(s) cut by it")
+    if any(not r["complete"] for r in group.rows):
+        notes.append("* incomplete point (rerun the eval command to finish it)")
+    if group.duplicates:
+        notes.append(f"{group.duplicates} duplicate prompt record(s) across merged dirs counted once")
+    return notes
+
+
+def render_table(groups: list[Group]) -> str:
+    out = []
+    for group in groups:
+        out.append(_title(group))
+        header = [h for _, h, _ in COLUMNS]
+        body = [[_cell(r, k, f) for k, _, f in COLUMNS] for r in group.rows]
+        widths = [max(len(x) for x in col) for col in zip(header, *body)]
+        out.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+        for line in body:
+            out.append("  ".join(c.rjust(w) if i > 0 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))))
+        out += _notes(group)
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render_markdown(groups: list[Group]) -> str:
+    out = []
+    for group in groups:
+        out.append(f"**{_title(group)}**")
+        out.append("")
+        out.append("| " + " | ".join(h for _, h, _ in COLUMNS) + " |")
+        out.append("|" + "|".join(" --- " if i == 0 else " ---: " for i in range(len(COLUMNS))) + "|")
+        for r in group.rows:
+            out.append("| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |")
+        notes = _notes(group)
+        if notes:
+            out.append("")
+            out += notes
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render_json(groups: list[Group]) -> str:
+    doc = [
+        {
+            "dirs": [str(d) for d in g.dirs],
+            "dataset": g.params["dataset"],
+            "model": g.manifests[0]["model"],
+            "params": g.params,
+            "budget": g.budget,
+            "duplicates": g.duplicates,
+            "points": g.rows,
+        }
+        for g in groups
+    ]
+    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+
+
+def render_csv(groups: list[Group]) -> str:
+    keys = ["dirs", "dataset", "point"] + [k for k, _, _ in COLUMNS] + ["expected", "complete", "total_tokens", "not_started"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    for g in groups:
+        for r in g.rows:
+            writer.writerow({**{k: r.get(k) for k in keys}, "dirs": ";".join(str(d) for d in g.dirs),
+                             "dataset": g.params["dataset"]})
+    return buf.getvalue()
+
+
+RENDERERS = {"table": render_table, "markdown": render_markdown, "json": render_json, "csv": render_csv}
+
+
+# --- plot ------------------------------------------------------------------------------------------
+def plot(groups: list[Group], path: Path) -> None:
+    """pass@k against generated tokens per prompt, one curve per method, one point per M or θ."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install 'eager-local[plot]'") from None
+    markers = {"parallel": "s", "eager-init": "o", "eager-adapt": "^", "eager": "D"}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for gi, group in enumerate(groups):
+        ms = sorted({r["M"] for r in group.rows})
+        curves: dict[tuple, list[dict]] = {}
+        for r in group.rows:
+            if r["#T"] is None:
+                continue
+            if len(ms) > 1:  # one curve per method (and θ), one point per M
+                key = (r["method"], r["theta"] if r["method"] != PARALLEL else None)
+            else:  # one curve per method, one point per θ
+                key = (r["method"], None)
+            curves.setdefault(key, []).append(r)
+        for (method, theta), rows in sorted(curves.items(), key=lambda kv: (METHOD_ORDER[kv[0][0]], kv[0][1] or 0)):
+            rows.sort(key=lambda r: r["#T"])
+            label = method + (f" θ={theta:g}" if theta is not None else "")
+            if len(groups) > 1:
+                label += f" [{gi + 1}]"
+            xs = [r["#T"] for r in rows]
+            ys = [r["pass@k"] for r in rows]
+            ax.plot(xs, ys, marker=markers.get(method, "o"), label=label)
+            for r in rows:
+                tag = f"M={r['M']}" if len(ms) > 1 else ("" if r["theta"] is None else f"θ={r['theta']:g}")
+                if method == PARALLEL and len(ms) == 1:
+                    tag = f"M={r['M']}"
+                ax.annotate(tag, (r["#T"], r["pass@k"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    lo, hi = ax.get_xlim()
+    # Less than a decade wide: label the minor ticks too, or the axis shows one number or none.
+    ax.xaxis.set_minor_formatter(ScalarFormatter() if hi / max(lo, 1e-9) < 10 else NullFormatter())
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("generated tokens per prompt (#T, log scale)")
+    ax.set_ylabel("pass@k (any)")
+    ax.set_title(_title(groups[0]) if len(groups) == 1 else "pass@k vs tokens", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,197 @@
+"""A run directory on disk: manifest, one JSONL of records per point, a stats sidecar per point.
+
+    runs/NAME/manifest.json                  parameters, model + sha256, versions, machine, problem ids
+    runs/NAME/parallel_M8.jsonl              one record per prompt
+    runs/NAME/eager-init_theta2.4_M8.jsonl   one record per prompt
+    runs/NAME/eager-adapt_theta2.4_M8.extra.jsonl   journal: one record per extra EAGer-init run
+    runs/NAME/eager-adapt_theta2.4_M8.jsonl  one record per prompt (init + extra runs merged)
+    runs/NAME/<point>.stats.json             wall time, peak memory, completeness
+
+Records are appended, flushed and fsync'ed one by one; a torn last line (a crash mid-write) is
+dropped on the next read-for-append. Pure Python: the report reads run dirs without llama.cpp.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+PARALLEL, INIT, ADAPT, FULL = "parallel", "eager-init", "eager-adapt", "eager"
+EVAL_METHODS = (PARALLEL, INIT, ADAPT, FULL)
+
+
+class ResultsError(ValueError):
+    """A run directory or results file that cannot be used; the message is one line."""
+
+
+def fmt_number(x: float) -> str:
+    return f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One (method, θ, M) of an evaluation. Full parallel sampling has no θ."""
+
+    method: str
+    theta: float | None
+    max_sequences: int
+
+    @property
+    def name(self) -> str:
+        if self.method == PARALLEL:
+            return f"{PARALLEL}_M{self.max_sequences}"
+        return f"{self.method}_theta{fmt_number(self.theta)}_M{self.max_sequences}"
+
+    @property
+    def records_file(self) -> str:
+        return self.name + ".jsonl"
+
+    @property
+    def extra_file(self) -> str:
+        return self.name + ".extra.jsonl"
+
+    @property
+    def stats_file(self) -> str:
+        return self.name + ".stats.json"
+
+    @property
+    def reallocates(self) -> bool:
+        return self.method in (ADAPT, FULL)
+
+    def init_point(self) -> "Point":
+        return Point(INIT, self.theta, self.max_sequences)
+
+
+_POINT_NAME = re.compile(r"^(parallel)_M(\d+)$|^(eager-init|eager-adapt|eager)_theta([0-9.eE+-]+)_M(\d+)$")
+
+
+def parse_point(name: str) -> Point | None:
+    m = _POINT_NAME.match(name)
+    if not m:
+        return None
+    if m.group(1):
+        return Point(PARALLEL, None, int(m.group(2)))
+    return Point(m.group(3), float(m.group(4)), int(m.group(5)))
+
+
+# --- JSONL -----------------------------------------------------------------------------------------
+def read_records(path: Path, *, repair: bool = False) -> list[dict]:
+    """All complete records of a JSONL results file ([] if it does not exist).
+
+    The last line may be torn (no newline, or not valid JSON) after a crash: it is ignored, and with
+    repair=True cut off the file so that the next append starts on a clean line. A bad line anywhere
+    else means the file was damaged by something other than a crash: ResultsError.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline; else an unfinished (torn) write
+    records: list[dict] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise ResultsError(f"{path} line {number}: not a JSON record (file damaged)")
+        records.append(record)
+    if tail and repair:
+        with open(path, "r+b") as f:
+            f.truncate(len(data) - len(tail))
+            f.flush()
+            os.fsync(f.fileno())
+    return records
+
+
+class RecordWriter:
+    """Append records to a JSONL file: one line each, flushed and fsync'ed before returning."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")
+
+    def append(self, record: dict) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_json_atomic(path: Path, doc: object, *, sync: bool = True) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, ensure_ascii=False, indent=1, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        if sync:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_records_atomic(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise ResultsError(f"{path}: not valid JSON") from None
+
+
+# --- manifest --------------------------------------------------------------------------------------
+def load_manifest(run_dir: Path) -> dict:
+    """The manifest of an existing run directory, or ResultsError (one line)."""
+    if not run_dir.exists():
+        raise ResultsError(f"run directory not found: {run_dir}")
+    if not run_dir.is_dir():
+        raise ResultsError(f"not a directory: {run_dir}")
+    manifest = read_json(run_dir / MANIFEST)
+    if manifest is None:
+        raise ResultsError(f"{run_dir} is not an eager-local run directory (no {MANIFEST})")
+    if manifest.get("format") != FORMAT_VERSION or "params" not in manifest:
+        raise ResultsError(f"{run_dir / MANIFEST}: unknown manifest format")
+    return manifest
+
+
+def param_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two parameter dicts."""
+    keys = list(old) + [k for k in new if k not in old]
+    out = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += param_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def normalise(doc: object) -> object:
+    """What a document looks like after a JSON round trip (tuples become lists, ...)."""
+    return json.loads(json.dumps(doc))

@@ -1,0 +1,245 @@
+"""Calibration of θ (issue 6): maths on known data, profiles on disk, and the real model end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from eager_local import calibration as C
+
+LOW, HIGH = 0.5, 2.9  # entropies below / above every θ used in the synthetic tests
+
+
+# --- quantiles -------------------------------------------------------------------------------------
+def test_quantiles_hand_computed():
+    # type 7: h = (n-1) p/100; [1,2,3,4] -> q25 at h=0.75 is 1.75, q50 at h=1.5 is 2.5
+    assert C.quantiles([4.0, 1.0, 3.0, 2.0], [0, 25, 50, 100]) == [1.0, 1.75, 2.5, 4.0]
+    assert C.quantiles([7.0], [0, 50, 99.5]) == [7.0, 7.0, 7.0]
+    assert C.quantiles([1.0, math.nan, 3.0], [50]) == [2.0]  # NaN = not computed, dropped
+
+
+def test_quantiles_match_numpy():
+    rng = np.random.default_rng(3)
+    data = rng.gamma(2.0, 0.5, size=1001).tolist()
+    levels = [0, 1, 12.5, 50, 90, 99, 99.5, 99.9, 100]
+    assert np.allclose(C.quantiles(data, levels), np.percentile(data, levels), rtol=0, atol=1e-12)
+
+
+def test_quantiles_reject_bad_input():
+    with pytest.raises(C.CalibrationError):
+        C.quantiles([], [50])
+    with pytest.raises(C.CalibrationError):
+        C.quantiles([1.0], [101])
+
+
+# --- the estimator on synthetic traces ---------------------------------------------------------
+def est(traces, theta=2.0, m=16, **kw):
+    return C.estimate_sequences(traces, theta, m, **kw)
+
+
+def test_no_entropy_above_theta_gives_one_sequence():
+    assert est([[[LOW] * 50, [LOW] * 30]]) == 1.0
+
+
+def test_all_above_theta_doubles_each_step_up_to_the_cap():
+    # Every live sequence branches at every step: 2^L sequences after L steps, capped at M.
+    assert est([[[HIGH] * 3]], m=16) == 8.0
+    assert est([[[HIGH] * 10]], m=5) == 5.0
+    assert est([[[HIGH] * 1]], m=16) == 2.0  # branch at the only step, then both end
+    assert est([[[HIGH] * 10]], m=1) == 1.0
+
+
+def test_one_spike_gives_two_and_two_spikes_give_four():
+    one = [LOW] * 5 + [HIGH] + [LOW] * 5
+    two = [LOW] * 2 + [HIGH] + [LOW] * 3 + [HIGH] + [LOW] * 3
+    assert est([[one]]) == 2.0
+    assert est([[two]]) == 4.0  # parent and child both meet the second spike
+    assert est([[two]], m=3) == 3.0
+
+
+def test_branch_window_closes_branching():
+    trace = [HIGH] + [LOW] * 9 + [HIGH] + [LOW] * 3  # spikes at steps 0 and 10
+    assert est([[trace]], branch_window=5) == 2.0  # 10 steps without a branch > W: closed
+    assert est([[trace]], branch_window=10) == 4.0
+
+
+def test_children_resample_the_prompts_traces():
+    # Root follows A (one spike at 0) or B (none) with probability 1/2: E[#S] = 1.5.
+    a, b = [HIGH] + [LOW] * 4, [LOW] * 5
+    value = est([[a, b]], replicates=4000)
+    assert abs(value - 1.5) < 0.05, value
+    # A spike late in a trace is reached only by branches that resample a trace long enough:
+    # root on A branches at 0; child follows A or B from step 1; A' has a spike at 3, B' is short.
+    a2 = [HIGH, LOW, LOW, HIGH, LOW]
+    b2 = [LOW, LOW]
+    # Root A (1/2): branch at 0 -> 2; parent meets the spike at 3 -> +1; the child too if it drew A (1/2).
+    # E = 1/2 * (3 + 1/2) + 1/2 * 1 = 2.25
+    value = est([[a2, b2]], replicates=8000)
+    assert abs(value - 2.25) < 0.06, value
+
+
+def test_mean_over_prompts_and_monotone_in_theta():
+    assert est([[[LOW] * 4], [[HIGH] * 3]], m=16) == 4.5
+    rng = np.random.default_rng(0)
+    traces = [[rng.uniform(0, 3, size=60).tolist() for _ in range(3)] for _ in range(4)]
+    values = [est(traces, theta=t, m=8) for t in (1.0, 2.0, 2.5, 2.8, 2.95)]
+    assert values == sorted(values, reverse=True) and values[0] > values[-1]
+
+
+def test_theta_for_target_by_bisection():
+    trace = [2.8, 2.4, 1.9, 1.0, 0.2]  # θ in [2.4, 2.8): 2 seqs; [1.9, 2.4): 4; [1.0, 1.9): 8
+    theta, predicted = C.theta_for_target([[trace]], 4, 16, top_k_entropy=20)
+    assert 1.9 <= theta < 2.4 and predicted == 4.0
+    theta, predicted = C.theta_for_target([[trace]], 2, 16, top_k_entropy=20)
+    assert 2.4 <= theta < 2.8 and predicted == 2.0
+    # Unreachable: even θ = 0 gives 2^5 = 32 > 16 … capped at 16; a target of 64 returns θ = 0.
+    assert C.theta_for_target([[trace]], 64, 16, top_k_entropy=20) == (0.0, 16.0)
+    assert C.theta_for_target([[trace]], 1, 16, top_k_entropy=20)[0] == pytest.approx(math.log(20))
+
+
+def test_default_targets():
+    assert C.default_targets(8) == [2, 4, 8]
+    assert C.default_targets(12) == [2, 4, 8, 12]
+    assert C.default_targets(1) == []
+
+
+def test_theta_spec_parsing():
+    assert C.parse_theta_spec("2.4") == ("number", 2.4)
+    assert C.parse_theta_spec("auto") == ("auto", None)
+    assert C.parse_theta_spec("q99.5") == ("quantile", 99.5)
+    for bad in ("q101", "fast", "-1", "nan"):
+        with pytest.raises(ValueError):
+            C.parse_theta_spec(bad)
+
+
+def test_task_of_dataset():
+    assert C.task_of_dataset(None) == "default"
+    assert C.task_of_dataset("arith:20:1") == C.task_of_dataset("arith") == "arith"
+    assert C.task_of_dataset("GSM8K") == "gsm8k"
+
+
+# --- profiles on disk ----------------------------------------------------------------------------
+def make_key(**changes):
+    base = dict(model_sha256="ab" * 32, top_k_entropy=20, temperature=0.6, max_new_tokens=96,
+                prompt_format="chat:0123456789ab", task="arith")
+    base.update(changes)
+    return C.CalibrationKey(**base)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EAGER_LOCAL_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_profile_round_trip(home):
+    entry = C.Calibration(key=make_key(), traces=[[[0.1, 2.5, math.nan], [1.0]], [[0.3, 0.4]]],
+                          source={"dataset": "arith:8:0"}, created="now",
+                          checks=[{"target": 4, "max_sequences": 8, "branch_window": 1000, "theta": 2.1,
+                                   "predicted": 4.1, "achieved": 3.9, "runs": [], "refined": False}])
+    path = C.save_entry(entry)
+    assert path == home / "profiles" / ("ab" * 8 + ".json") and path.exists()
+    assert not list(path.parent.glob(".*.tmp"))  # atomic write left no temp file
+    back = C.load_entry(make_key())
+    assert back.key == entry.key and back.source == entry.source and back.checks == entry.checks
+    assert back.traces[0][0][:2] == [0.1, 2.5] and math.isnan(back.traces[0][0][2])
+    assert back.theta_for(4, 8, 1000)[0] == 2.1  # the checked θ is what auto uses
+    # A second entry (other K) lives in the same file beside the first.
+    C.save_entry(C.Calibration(key=make_key(top_k_entropy=10), traces=[[[0.2]]], source={}))
+    assert C.load_entry(make_key()) is not None and C.load_entry(make_key(top_k_entropy=10)) is not None
+
+
+def test_mismatched_or_stale_profiles_are_not_used(home):
+    C.save_entry(C.Calibration(key=make_key(), traces=[[[0.1]]], source={}))
+    for other in (make_key(top_k_entropy=10), make_key(temperature=0.8), make_key(max_new_tokens=128),
+                  make_key(prompt_format="raw:0123456789ab"), make_key(task="gsm8k")):
+        assert C.load_entry(other) is None
+    assert C.load_entry(make_key(model_sha256="cd" + "ab" * 31)) is None  # same file name, other model
+    path = C.profile_path("ab" * 32)
+    doc = json.loads(path.read_text())
+    doc["version"] = C.PROFILE_VERSION - 1  # an older profile format
+    path.write_text(json.dumps(doc))
+    assert C.load_entry(make_key()) is None
+    path.write_text("{ not json")
+    assert C.load_entry(make_key()) is None
+
+
+# --- the real model ------------------------------------------------------------------------------
+TINY = dict(max_sequences=4, max_new_tokens=24, calibrate_prompts=2)
+
+
+def test_resolve_theta_auto_calibrates_then_reuses_and_recalibrates_when_stale(llm, home):
+    theta, info = C.resolve_theta("auto", llm, target_sequences=2, dataset_hint="arith:2:0", **TINY)
+    assert info["calibrated_now"] and info["mode"] == "auto" and info["target"] == 2
+    assert 0.0 <= theta <= math.log(20)
+    assert info["achieved_on_calibration"] is not None and info["predicted"] is not None
+    path = home / "profiles" / (C.model_sha256(llm)[:16] + ".json")
+    assert str(path) == info["profile"] and path.exists()
+    doc = json.loads(path.read_text())
+    (entry,) = doc["entries"].values()
+    assert len(entry["traces"]) == 2 and all(len(p) == C.DEFAULT_SAMPLES for p in entry["traces"])
+    assert all(0 < len(t) <= 24 for p in entry["traces"] for t in p)
+
+    again, info2 = C.resolve_theta("auto", llm, target_sequences=2, dataset_hint="arith:5:9", **TINY)
+    assert not info2["calibrated_now"] and again == theta  # same family, same settings: reused
+
+    q, info3 = C.resolve_theta("q90", llm, dataset_hint="arith", **TINY)
+    assert not info3["calibrated_now"] and q == pytest.approx(entry["quantiles"]["q90"], abs=1e-4)
+
+    _, info4 = C.resolve_theta("auto", llm, target_sequences=2, dataset_hint="arith", temperature=0.8, **TINY)
+    assert info4["calibrated_now"]  # other temperature: recalibrated, not reused
+    _, info5 = C.resolve_theta("q50", llm, dataset_hint="arith", top_k_entropy=10, **TINY)
+    assert info5["calibrated_now"] and info5["theta"] <= math.log(10)
+    assert len(json.loads(path.read_text())["entries"]) == 3
+
+    assert C.resolve_theta("2.2", llm, **TINY) == (2.2, {"spec": "2.2", "mode": "fixed", "theta": 2.2})
+
+
+def test_recorded_traces_match_a_plain_run(llm):
+    """The traces are the entropies the engine reports, one per generated token."""
+    fmt = C.PromptFormat(chat=True)
+    tokens = [llm.prompt_tokens("What is 2 + 2?")]
+    traces, generated, _ = C.record_traces(llm, tokens, C.Settings(max_new_tokens=12), samples=2)
+    assert len(traces) == 1 and len(traces[0]) == 2
+    assert generated == sum(len(t) for t in traces[0])
+    flat = [h for t in traces[0] for h in t]
+    assert all(0.0 <= h <= math.log(20) + 1e-9 for h in flat)  # computed at every step, never NaN
+    assert fmt.key(llm.model.chat_template()) != C.PromptFormat(chat=False).key(None)
+
+
+def eager(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "eager_local", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_cli_calibrate_default_model(default_model_path, home, monkeypatch):
+    import os
+
+    env = dict(os.environ, EAGER_LOCAL_HOME=str(home), EAGER_LOCAL_THREADS=os.environ.get("EAGER_LOCAL_THREADS", "1"))
+    threads = env["EAGER_LOCAL_THREADS"]
+    r = eager("calibrate", "--model", str(default_model_path), "--dataset", "arith:3:0", "--limit", "3",
+              "-M", "4", "-S", "2", "-n", "24", "--threads", threads, env=env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "entropy quantiles" in out and "q99.5" in out
+    assert "checked target 2" in out and "achieved" in out
+    assert f"profile written to {home / 'profiles'}" in out
+    written = list((home / "profiles").glob("*.json"))
+    assert len(written) == 1
+    doc = json.loads(written[0].read_text())
+    (entry,) = doc["entries"].values()
+    assert entry["key"]["task"] == "arith" and entry["key"]["max_new_tokens"] == 24
+    assert entry["checks"][0]["target"] == 2 and entry["checks"][0]["max_sequences"] == 4
+
+    bad = eager("calibrate", "--model", str(default_model_path), "--dataset", "arith", "--prompts", "x.txt", env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert len([line for line in bad.stderr.splitlines() if line.strip()]) == 1
+    bad = eager("calibrate", "--model", str(default_model_path), "-M", "4", "-S", "9", env=env)
+    assert bad.returncode == 2 and "target-sequences" in bad.stderr
+    bad = eager("calibrate", "--model", str(default_model_path), "--prompts", str(home / "none.txt"), env=env)
+    assert bad.returncode == 2 and "not found" in bad.stderr

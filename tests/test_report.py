@@ -1,0 +1,201 @@
+"""`eager-local report` on hand-written run directories whose metrics are computed by hand.
+
+(The report on real runs is covered in test_eval_runner.py; here every number is known exactly.)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eager_local.eval import store
+
+
+def eager(*args):
+    return subprocess.run([sys.executable, "-m", "eager_local", *args], capture_output=True, text=True, timeout=120)
+
+
+def one_line_error(result, fragment):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+PARAMS = {
+    "dataset": "toy.jsonl",
+    "selection": {"limit": None, "offset": 0, "ids": None, "shuffle": False, "seed": 55, "shard": None},
+    "fields": {"problem": "problem", "answer": "answer", "id": "id", "kind": "auto"},
+    "methods": ["parallel", "eager-init"],
+    "theta": [2.4],
+    "max_sequences": [4],
+    "prompt_template": "{problem}",
+    "system": None,
+    "chat": True,
+    "budget": None,
+    "generation": {"temperature": 0.6, "max_new_tokens": 64, "seed": 55},
+    "model_sha256": "0" * 64,
+}
+
+
+def record(pid, reference, answers, correct, tokens, cut=False):
+    return {
+        "id": pid,
+        "reference": reference,
+        "kind": "numeric",
+        "sequences": [{"answer": a, "correct": c, "text": f"\\boxed{{{a}}}"} for a, c in zip(answers, correct)],
+        "#T": tokens,
+        "#S": len(answers),
+        "cut_by_budget": cut,
+        "started": True,
+    }
+
+
+def make_run(path: Path, records: dict, *, ids, walls, shard=None, budget=None, complete=True, peak=100.0):
+    path.mkdir(parents=True)
+    params = json.loads(json.dumps(PARAMS))
+    params["selection"]["shard"] = shard
+    params["budget"] = budget
+    manifest = {"format": 1, "params": params, "model": {"path": "/m/toy.gguf", "name": "toy", "sha256": "0" * 64},
+                "problems": ids, "sessions": []}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    for name, recs in records.items():
+        (path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        stats = {"wall_time": walls[name], "peak_rss_mb": peak, "complete": complete}
+        (path / f"{name}.stats.json").write_text(json.dumps(stats))
+    return path
+
+
+PAR_A = record("a", "4", ["4", "4", "5", None], [True, True, False, False], 200)
+PAR_B = record("b", "8", ["7", "7", "7", "7"], [False] * 4, 200)
+INIT_A = record("a", "4", ["4", "5", "5", "5"], [True, False, False, False], 100)
+INIT_B = record("b", "8", ["7", None], [False, False], 50)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_run(
+        tmp_path / "run",
+        {"parallel_M4": [PAR_A, PAR_B], "eager-init_theta2.4_M4": [INIT_A, INIT_B]},
+        ids=["a", "b"],
+        walls={"parallel_M4": 40.0, "eager-init_theta2.4_M4": 10.0},
+    )
+
+
+def rows_by_method(doc):
+    (group,) = doc
+    return {p["method"]: p for p in group["points"]}
+
+
+def test_json_numbers_match_hand_computation(run_dir):
+    r = eager("report", str(run_dir), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    rows = rows_by_method(json.loads(r.stdout))
+    par, init = rows["parallel"], rows["eager-init"]
+    # parallel: a -> p@1 .5, pass 1, cons 1 (4 beats 5), PR .5; b -> all 0
+    assert (par["p@1"], par["pass@k"], par["cons@k"], par["PR"]) == (0.25, 0.5, 0.5, 0.25)
+    assert (par["#T"], par["#S"], par["prompts"]) == (200, 4, 2)
+    # eager-init: a -> p@1 .25, pass 1, cons 0 (5 wins); b -> 0 (None does not vote)
+    assert (init["p@1"], init["pass@k"], init["cons@k"], init["PR"]) == (0.125, 0.5, 0.0, 0.125)
+    assert (init["#T"], init["#S"]) == (75, 3)
+    assert init["tokens_vs_parallel"] == pytest.approx(75 / 200)
+    assert init["time_vs_parallel"] == pytest.approx(10 / 40)
+    assert par["tokens_vs_parallel"] == 1.0
+    assert init["peak_mb"] == 100.0 and init["complete"] is True
+
+
+def test_table_markdown_csv(run_dir):
+    table = eager("report", str(run_dir))
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("toy.jsonl · toy")
+    header = lines[1].split()
+    assert header[:4] == ["method", "θ", "M", "prompts"] and "cons@k" in header and "T/par" in header
+    init_line = next(line for line in lines if line.startswith("eager-init"))
+    assert init_line.split()[1:9] == ["2.4", "4", "2/2", "0.125", "0.500", "0.000", "0.125", "75.0"]
+
+    md = eager("report", str(run_dir), "--format", "markdown")
+    assert md.returncode == 0
+    md_lines = [line for line in md.stdout.splitlines() if line.startswith("|")]
+    assert md_lines[0].startswith("| method | θ | M | prompts | p@1 | pass@k | cons@k | PR |")
+    assert md_lines[1].startswith("| --- |")
+    assert "| parallel | - | 4 | 2/2 | 0.250 | 0.500 | 0.500 | 0.250 | 200.0 |" in md.stdout
+
+    out = eager("report", str(run_dir), "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert [r["method"] for r in rows] == ["parallel", "eager-init"]
+    assert float(rows[1]["tokens_vs_parallel"]) == pytest.approx(0.375)
+
+
+def test_shards_merge_without_double_counting(tmp_path):
+    a = make_run(tmp_path / "s0", {"parallel_M4": [PAR_A]}, ids=["a"], walls={"parallel_M4": 30.0}, shard="0/2", peak=90)
+    b = make_run(tmp_path / "s1", {"parallel_M4": [PAR_B]}, ids=["b"], walls={"parallel_M4": 20.0}, shard="1/2", peak=120)
+    r = eager("report", str(a), str(b), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    (group,) = json.loads(r.stdout)
+    (par,) = group["points"]
+    assert par["prompts"] == 2 and par["expected"] == 2
+    assert (par["p@1"], par["cons@k"], par["#T"]) == (0.25, 0.5, 200)
+    assert par["wall_s"] == 50.0 and par["peak_mb"] == 120  # compute time adds up; memory is the max
+    # a glob, and a dir given twice, count the same
+    again = eager("report", str(tmp_path / "s*"), str(a), "--format", "json")
+    assert json.loads(again.stdout)[0]["points"][0]["prompts"] == 2
+    # a third shard dir that repeats prompt a (overlapping shards): a counts once, and the report says so
+    c = make_run(tmp_path / "s2", {"parallel_M4": [PAR_A]}, ids=["a"], walls={"parallel_M4": 30.0}, shard="0/3")
+    merged = eager("report", str(a), str(b), str(c))
+    assert merged.returncode == 0 and "duplicate prompt record(s) across merged dirs counted once" in merged.stdout
+    assert " 2/2 " in merged.stdout
+
+
+def test_different_runs_are_separate_groups(tmp_path, run_dir):
+    other = make_run(tmp_path / "other", {"parallel_M4": [PAR_B]}, ids=["b"], walls={"parallel_M4": 5.0},
+                     budget=1000)
+    r = eager("report", str(run_dir), str(other), "--format", "json")
+    doc = json.loads(r.stdout)
+    assert len(doc) == 2 and [len(g["points"]) for g in doc] == [2, 1]
+
+
+def test_incomplete_and_budget_notes(tmp_path):
+    cut = record("b", "8", ["7"], [False], 10, cut=True)
+    d = make_run(tmp_path / "cut", {"parallel_M4": [PAR_A, cut]}, ids=["a", "b", "c"],
+                 walls={"parallel_M4": 5.0}, budget=210, complete=False)
+    r = eager("report", str(d))
+    assert r.returncode == 0, r.stderr
+    assert "2/3*" in r.stdout
+    assert "token budget: 210 of 210 spent; 1 prompt record(s) cut by it" in r.stdout
+    assert "* incomplete point" in r.stdout
+
+
+def test_plot_png(tmp_path, run_dir):
+    png = tmp_path / "fig.png"
+    r = eager("report", str(run_dir), "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_bad_run_dirs(tmp_path):
+    one_line_error(eager("report", str(tmp_path / "nope")), "run directory not found")
+    (tmp_path / "empty").mkdir()
+    one_line_error(eager("report", str(tmp_path / "empty")), "not an eager-local run directory")
+    one_line_error(eager("report", str(tmp_path / "zz*")), "no run directory matches")
+
+
+def test_torn_last_line_is_dropped_and_repaired(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "a"}) + "\n" + json.dumps({"id": "b"}) + "\n" + '{"id": "c", "seq')
+    assert [r["id"] for r in store.read_records(path)] == ["a", "b"]
+    assert path.read_text().endswith('"seq')  # reading alone changes nothing
+    assert [r["id"] for r in store.read_records(path, repair=True)] == ["a", "b"]
+    assert path.read_text() == json.dumps({"id": "a"}) + "\n" + json.dumps({"id": "b"}) + "\n"
+    with store.RecordWriter(path) as w:
+        w.append({"id": "c"})
+    assert [r["id"] for r in store.read_records(path)] == ["a", "b", "c"]
+    path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')  # damage in the middle is not a crash
+    with pytest.raises(store.ResultsError, match="line 2"):
+        store.read_records(path)
