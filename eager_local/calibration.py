@@ -413,6 +413,12 @@ class Calibration:
             rows.append({"target": s, "theta": round(theta, 4), "predicted": round(predicted, 3)})
         return rows
 
+    def measured_points(self, max_sequences: int, branch_window: int = 1000) -> list[tuple[float, float]]:
+        """(θ, achieved mean #S) of every real run on the calibration prompts at this M and W."""
+        return [(r["theta"], r["achieved"]) for c in self.checks
+                if c["max_sequences"] == max_sequences and c["branch_window"] == branch_window
+                for r in c.get("runs", [])]
+
     def find_check(self, target: float, max_sequences: int, branch_window: int) -> dict | None:
         for c in self.checks:
             if c["target"] == target and c["max_sequences"] == max_sequences and c["branch_window"] == branch_window:
@@ -460,43 +466,119 @@ def _level_name(p: float) -> str:
 def run_check(calibration: Calibration, llm, prompt_tokens: list[list[int]], settings: Settings, target: int,
               max_sequences: int, branch_window: int = 1000, *, refine: bool = True,
               tolerance: float = REFINE_TOLERANCE, log: Callable[[str], None] | None = None) -> dict:
-    """Check the estimated θ for `target` with a real run; refine once if it misses by > tolerance.
+    """Check θ for `target` with a real run on the calibration prompts; refine once if it misses.
 
-    The check is noisy (#S varies a lot between prompts), so it refines only when the miss is also
-    more than twice the standard error of the achieved mean. Refinement assumes the estimator is off
-    by a constant factor near the target: with r = achieved / predicted it aims the estimator at
-    target / r and runs the check again; the run that came closer to the target is kept.
-    The check (with both runs) is stored in `calibration.checks` and returned.
+    Every real run of this calibration (same M and W, any target) is a measured point (θ, mean #S)
+    on the calibration prompts. The first θ is interpolated between measured points when they
+    bracket the target, else it is the estimator's. A run that misses the target by more than
+    `tolerance` (relative) and by more than one standard error of its mean (the check is noisy:
+    #S varies a lot between prompts) is refined once: a second run at θ interpolated between the
+    measured points if they now bracket the target, else at the estimator's θ for target / r with
+    r = achieved / predicted (as if the estimator were off by a constant factor near the target).
+    The θ kept is interpolated between the measured points if they bracket the target, else it is
+    the θ of the run that came closest. Interpolation is linear in log #S after making the points
+    non-increasing in θ (pool-adjacent-violators): the #S-vs-θ curve is close to exponential near
+    the top of the entropy range. The check is stored in `calibration.checks` and returned.
     """
     say = log or (lambda _m: None)
-    theta, predicted = theta_for_target(calibration.traces, target, max_sequences,
-                                        top_k_entropy=calibration.key.top_k_entropy, branch_window=branch_window)
-    say(f"checking θ = {theta:.3f} (target {target}, predicted {predicted:.2f}) with a real run …")
+    theta_est, predicted_est = theta_for_target(calibration.traces, target, max_sequences,
+                                                top_k_entropy=calibration.key.top_k_entropy,
+                                                branch_window=branch_window)
+    measured = calibration.measured_points(max_sequences, branch_window)
+    theta = measured_theta(measured, target)
+    if theta is None:
+        theta, predicted, how = theta_est, predicted_est, "estimated"
+    else:
+        predicted, how = float(target), "interpolated between earlier runs"
+    say(f"checking θ = {theta:.3f} (target {target}, {how}: {predicted:.2f}) with a real run …")
     first = check_theta(llm, prompt_tokens, settings, theta, max_sequences, branch_window)
     first["predicted"] = round(predicted, 3)
-    check = {"target": target, "max_sequences": max_sequences, "branch_window": branch_window,
-             "theta": first["theta"], "predicted": first["predicted"], "achieved": first["achieved"],
-             "runs": [first], "refined": False, "checked": True}
+    first["how"] = how
+    runs = [first]
     miss = abs(first["achieved"] - target)
-    if refine and first["achieved"] > 0 and miss > tolerance * target and miss > 2 * first["stderr"]:
-        ratio = first["achieved"] / max(predicted, 1e-9)
-        aim = min(max(target / ratio, 1.0), float(max_sequences))
-        theta2, predicted2 = theta_for_target(calibration.traces, aim, max_sequences,
-                                              top_k_entropy=calibration.key.top_k_entropy,
-                                              branch_window=branch_window)
-        say(f"achieved {first['achieved']:.2f}: refining, θ = {theta2:.3f} (estimator aimed at {aim:.2f}) …")
+    if refine and first["achieved"] > 0 and miss > tolerance * target and miss > first["stderr"]:
+        points = measured + [(first["theta"], first["achieved"])]
+        theta2 = measured_theta(points, target)
+        if theta2 is not None:
+            predicted2, how2 = float(target), "interpolated between runs"
+        else:
+            ratio = first["achieved"] / max(predicted, 1e-9)
+            aim = min(max(target / ratio, 1.0), float(max_sequences))
+            theta2, est2 = theta_for_target(calibration.traces, aim, max_sequences,
+                                            top_k_entropy=calibration.key.top_k_entropy,
+                                            branch_window=branch_window)
+            predicted2, how2 = est2 * ratio, f"estimator aimed at {aim:.2f}"
+        say(f"achieved {first['achieved']:.2f}: refining, θ = {theta2:.3f} ({how2}) …")
         second = check_theta(llm, prompt_tokens, settings, theta2, max_sequences, branch_window)
-        second["predicted"] = round(predicted2 * ratio, 3)  # corrected prediction
-        second["aim"] = round(aim, 3)
-        check["runs"].append(second)
-        check["refined"] = True
-        # Keep whichever run came closer to the target.
-        best = min(check["runs"], key=lambda r: abs(r["achieved"] - target))
+        second["predicted"] = round(predicted2, 3)
+        second["how"] = how2
+        runs.append(second)
+    check = {"target": target, "max_sequences": max_sequences, "branch_window": branch_window,
+             "runs": runs, "refined": len(runs) > 1, "checked": True,
+             "estimated_theta": round(theta_est, 4), "estimated": round(predicted_est, 3)}
+    points = measured + [(r["theta"], r["achieved"]) for r in runs]
+    chosen = measured_theta(points, target) if check["refined"] else None
+    if chosen is not None:
+        check.update(theta=round(chosen, 4), predicted=float(target), achieved=None, interpolated=True)
+    else:
+        best = min(runs, key=lambda r: abs(r["achieved"] - target))
         check.update(theta=best["theta"], predicted=best["predicted"], achieved=best["achieved"])
     calibration.checks = [c for c in calibration.checks
                           if not (c["target"] == target and c["max_sequences"] == max_sequences
                                   and c["branch_window"] == branch_window)] + [check]
     return check
+
+
+def _non_increasing(values: list[float]) -> list[float]:
+    """Least-squares non-increasing fit (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight]
+    for v in values:
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
+            m2, w2 = blocks.pop()
+            m1, w1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
+    out: list[float] = []
+    for mean, weight in blocks:
+        out.extend([mean] * int(weight))
+    return out
+
+
+def measured_theta(points: Sequence[tuple[float, float]], target: float) -> float | None:
+    """θ where measured (θ, mean #S) points reach the target, or None unless they bracket it.
+
+    Points are sorted by θ and made non-increasing (pool-adjacent-violators, so noise cannot make
+    #S rise with θ); the θ is interpolated linearly in log #S between the two neighbours that
+    bracket the target.
+    """
+    merged: dict[float, list[float]] = {}
+    for theta, achieved in points:
+        if achieved is not None and achieved > 0:
+            merged.setdefault(round(float(theta), 4), []).append(float(achieved))
+    if len(merged) < 2:
+        return None
+    thetas = sorted(merged)
+    fitted = _non_increasing([sum(merged[t]) / len(merged[t]) for t in thetas])
+    for i in range(len(thetas) - 1):
+        hit = interpolate_theta(thetas[i], fitted[i], thetas[i + 1], fitted[i + 1], target)
+        if hit is not None:
+            return hit
+        if fitted[i] == target:
+            return thetas[i]
+    if fitted[-1] == target:
+        return thetas[-1]
+    return None
+
+
+def interpolate_theta(theta1: float, achieved1: float, theta2: float, achieved2: float,
+                      target: float) -> float | None:
+    """θ between two real runs where log #S reaches log target; None unless they bracket it."""
+    if theta1 == theta2 or achieved1 <= 0 or achieved2 <= 0 or (achieved1 - target) * (achieved2 - target) > 0:
+        return None
+    if achieved1 == achieved2:
+        return None
+    f = (math.log(achieved1) - math.log(target)) / (math.log(achieved1) - math.log(achieved2))
+    return theta1 + f * (theta2 - theta1)
 
 
 # --------------------------------------------------------------------------------------------

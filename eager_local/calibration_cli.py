@@ -148,9 +148,12 @@ def render_profile(entry, table, check, max_sequences, path) -> str:
         lines += ["", f"checked target {c['target']} with a real run on the calibration prompts:"]
         for i, run in enumerate(c["runs"]):
             label = "first" if i == 0 else "refined"
-            lines.append(f"  {label:<8} θ = {run['theta']:.3f}  predicted {run['predicted']:.2f}  "
-                         f"achieved {run['achieved']:.2f}  ({run['tokens']} tokens, {run['seconds']:.1f} s)")
-        lines.append(f"  use θ = {c['theta']:.3f} for --theta auto --target-sequences {c['target']}")
+            how = f"{run['how']}: " if run.get("how") else "predicted "
+            lines.append(f"  {label:<8} θ = {run['theta']:.3f}  {how}{run['predicted']:.2f}  "
+                         f"achieved {run['achieved']:.2f} ± {run.get('stderr', 0):.2f}  "
+                         f"({run['tokens']} tokens, {run['seconds']:.1f} s)")
+        how = " (interpolated between the real runs, linear in log #S)" if c.get("interpolated") else ""
+        lines.append(f"  use θ = {c['theta']:.3f}{how} for --theta auto --target-sequences {c['target']}")
     t = entry.timing
     lines += ["", f"calibration took {t.get('total_seconds', 0):.1f} s "
                   f"({t.get('record_tokens', 0) + t.get('check_tokens', 0)} tokens generated)",

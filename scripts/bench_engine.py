@@ -20,10 +20,7 @@ become garbage. This script runs its measurements one after another.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import os
-import resource
 import subprocess
 import sys
 import time

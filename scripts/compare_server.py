@@ -20,7 +20,6 @@ Build llama-server from the llama.cpp that llama-cpp-python vendors (see BENCHMA
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import subprocess
 import sys

@@ -102,6 +102,26 @@ def test_theta_for_target_by_bisection():
     assert C.theta_for_target([[trace]], 1, 16, top_k_entropy=20)[0] == pytest.approx(math.log(20))
 
 
+def test_interpolate_theta_between_two_real_runs():
+    # log-linear: 12 -> 3 over 0.2 nats; 6 is halfway in log #S
+    assert C.interpolate_theta(2.4, 12.0, 2.6, 3.0, 6.0) == pytest.approx(2.5)
+    assert C.interpolate_theta(2.6, 3.0, 2.4, 12.0, 6.0) == pytest.approx(2.5)
+    assert C.interpolate_theta(2.4, 12.0, 2.6, 7.0, 6.0) is None  # both above the target: no bracket
+    assert C.interpolate_theta(2.4, 12.0, 2.4, 3.0, 6.0) is None
+
+
+def test_measured_theta_pools_real_runs():
+    assert C._non_increasing([1.0, 3.0, 2.0]) == [2.0, 2.0, 2.0]
+    assert C._non_increasing([3.0, 1.0, 2.0]) == [3.0, 1.5, 1.5]
+    # (2.4, 12) and (2.5, 5) bracket 6: f = ln(12/6) / ln(12/5)
+    expected = 2.4 + math.log(2) / math.log(12 / 5) * 0.1
+    assert C.measured_theta([(2.6, 3.0), (2.4, 12.0), (2.5, 5.0)], 6.0) == pytest.approx(expected)
+    # noise makes #S rise with θ: pooled to [12, 4, 4] first
+    assert C.measured_theta([(2.4, 12.0), (2.5, 3.0), (2.6, 5.0)], 6.0) == pytest.approx(2.4 + math.log(2) / math.log(3) * 0.1)
+    assert C.measured_theta([(2.4, 12.0), (2.5, 9.0)], 6.0) is None
+    assert C.measured_theta([(2.4, 12.0)], 12.0) is None
+
+
 def test_default_targets():
     assert C.default_targets(8) == [2, 4, 8]
     assert C.default_targets(12) == [2, 4, 8, 12]

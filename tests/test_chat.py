@@ -35,7 +35,7 @@ from eager_local.conversation import (
     same_model,
     write_atomic,
 )
-from eager_local.engine import ConfigError, Engine, Request
+from eager_local.engine import ConfigError
 from eager_local.entropy import top_k_entropy
 from eager_local.llama import Context, ContextSize
 

@@ -9,21 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-
-def eager(*args, timeout=300, **kwargs):
-    return subprocess.run(
-        [sys.executable, "-m", "eager_local", *args], capture_output=True, text=True, timeout=timeout, **kwargs
-    )
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from cli_helpers import assert_one_line_error, eager
 
 
 def test_run_prints_branches_and_summary(default_model_path):

@@ -20,6 +20,7 @@ import pytest
 from eager_local.eval import store
 from eager_local.eval.grading import extract_answer, is_correct
 from eager_local.eval.metrics import aggregate, prompt_metrics
+from cli_helpers import assert_one_line_error as one_line_error, eager
 
 THREADS = ["--threads", os.environ["EAGER_LOCAL_THREADS"]] if os.environ.get("EAGER_LOCAL_THREADS") else []
 
@@ -35,17 +36,7 @@ TOY = [
 POINTS = ["parallel_M4", "eager-init_theta2.5_M4", "eager-adapt_theta2.5_M4", "eager_theta2.5_M4"]
 
 
-def eager(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "eager_local", *args], capture_output=True, text=True, timeout=timeout)
 
-
-def one_line_error(result, *fragments):
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def records(run_dir: Path, name: str) -> list[dict]:

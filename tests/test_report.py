@@ -8,24 +8,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from eager_local.eval import store
-
-
-def eager(*args):
-    return subprocess.run([sys.executable, "-m", "eager_local", *args], capture_output=True, text=True, timeout=120)
-
-
-def one_line_error(result, fragment):
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and fragment in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+from cli_helpers import assert_one_line_error as one_line_error, eager
 
 
 PARAMS = {
