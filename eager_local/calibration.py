@@ -843,6 +843,7 @@ def resolve_theta(
     dataset_hint: str | None = None,
     seed: int = 55,
     calibrate_prompts: int = DEFAULT_PROMPTS,
+    calibration_problems: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[float, dict]:
     """θ for a `--theta` value: a number as is, `auto` for a target #S, `qNN.N` for an entropy quantile.
@@ -850,7 +851,8 @@ def resolve_theta(
     auto/quantile use the model's profile for exactly these settings and task (dataset_hint's
     family, else the default task); without one — or with a stale or mismatched one — calibration
     runs first (on the first `calibrate_prompts` problems of dataset_hint, else of gsm8k) and is
-    saved. For auto, a target not yet checked for this (M, W) is checked with a short real run and
+    saved (`calibration_problems`, when given, are decoded instead: eval passes its problem texts,
+    already read with the user's field names). For auto, a target not yet checked for this (M, W) is checked with a short real run and
     the check is saved too. Returns (θ, info) with info for the report: spec, target, predicted,
     achieved on the calibration prompts, the profile path and key.
     """
@@ -873,11 +875,17 @@ def resolve_theta(
             raise ConfigError(f"target-sequences must be >= 1, got {target}")
         target = min(target, max_sequences)
     prompts = None
+    if calibration_problems is not None:
+        prompts = list(calibration_problems)[:calibrate_prompts]
+        source = {"problems": prompts}
+    else:
+        source = {"dataset": dataset_hint or "gsm8k", "limit": calibrate_prompts, "offset": 0}
     if entry is None:
-        prompts = dataset_problems(dataset_hint, limit=calibrate_prompts)
+        if prompts is None:
+            prompts = dataset_problems(dataset_hint, limit=calibrate_prompts)
         entry, _ = calibrate(
             llm, prompts, settings=settings, fmt=fmt, task=task,
-            source={"dataset": dataset_hint or "gsm8k", "limit": calibrate_prompts, "offset": 0},
+            source=source,
             check_target=target if target and target >= 2 else None, max_sequences=max_sequences,
             branch_window=branch_window, log=log,
         )
@@ -895,19 +903,22 @@ def resolve_theta(
         info.update(theta=theta, target=target, predicted=1.0)
         return theta, info
     if entry.find_check(target, max_sequences, branch_window) is None:
-        source = entry.source
-        if prompts is None:
-            prompts = _source_prompts(source, dataset_hint, calibrate_prompts)
+        # Checks run on the entry's own calibration prompts, so all its real runs are comparable.
+        if not calibrated_now:
+            prompts = _source_prompts(entry.source, dataset_hint, calibrate_prompts)
         tokens = [llm.prompt_tokens(fmt.render(p), chat=fmt.chat, system=fmt.system) for p in prompts]
         run_check(entry, llm, tokens, settings, target, max_sequences, branch_window, log=log)
         save_entry(entry)
     theta, check = entry.theta_for(target, max_sequences, branch_window)
     info.update(theta=theta, target=target, max_sequences=max_sequences, predicted=check.get("predicted"),
-                achieved_on_calibration=check.get("achieved"), refined=check.get("refined", False))
+                achieved_on_calibration=check.get("achieved"), refined=check.get("refined", False),
+                interpolated=check.get("interpolated", False))
     return theta, info
 
 
 def _source_prompts(source: dict, dataset_hint: str | None, default_limit: int) -> list[str]:
+    if source.get("problems"):
+        return list(source["problems"])
     if source.get("prompts_file"):
         return read_prompts_file(source["prompts_file"])
     return dataset_problems(source.get("dataset") or dataset_hint, limit=source.get("limit") or default_limit,

@@ -45,6 +45,7 @@ def bare_batched_decode(model: Model, prompt: list[int], batch_size: int, n_toke
 
     size = ContextSize(n_ctx=_round(len(prompt) + batch_size * n_tokens + 64), n_seq_max=max(batch_size, 1), n_batch=512)
     ctx = Context(model, size, n_threads=threads)
+    start = time.perf_counter()  # like the engine's timing: prefill, fork, B x n tokens
     first = ctx.prefill(prompt, 0)
     for s in range(1, batch_size):
         ctx.fork(0, s)
@@ -52,7 +53,6 @@ def bare_batched_decode(model: Model, prompt: list[int], batch_size: int, n_toke
     batch = lc.llama_batch_init(batch_size, 0, 1)
     tokens = [int(np.argmax(first))] * batch_size
     n_vocab = model.n_vocab
-    start = time.perf_counter()
     for step in range(n_tokens):
         batch.n_tokens = batch_size
         for s in range(batch_size):
@@ -71,11 +71,9 @@ def bare_batched_decode(model: Model, prompt: list[int], batch_size: int, n_toke
     return batch_size * n_tokens / elapsed
 
 
-def engine_parallel(model: Model, prompt: list[int], batch_size: int, n_tokens: int, threads: int) -> tuple[float, float]:
-    """Tokens/s of the engine drawing B full-length samples (parallel method, EOS ignored).
-
-    Returns (tokens/s over the decode steps, tokens/s including the prompt prefill).
-    """
+def engine_parallel(model: Model, prompt: list[int], batch_size: int, n_tokens: int, threads: int) -> float:
+    """Tokens/s of the engine drawing B full-length samples (parallel method, EOS ignored): prefill,
+    fork and B x n tokens with entropy-free sampling over the full vocabulary and all bookkeeping."""
     engine = Engine(model, n_threads=threads)
     config = GenerationConfig(
         method="parallel", max_sequences=batch_size, max_new_tokens=n_tokens,
@@ -87,29 +85,23 @@ def engine_parallel(model: Model, prompt: list[int], batch_size: int, n_tokens: 
     (tree,) = engine.generate([Request(tokens=prompt)], config)
     elapsed = time.perf_counter() - start
     assert tree.generated_tokens == batch_size * n_tokens, tree.generated_tokens
-    prefill = _prefill_seconds(model, prompt, threads)
     engine.context.close()
-    return tree.generated_tokens / max(elapsed - prefill, 1e-9), tree.generated_tokens / elapsed
+    return tree.generated_tokens / elapsed
 
 
-def _prefill_seconds(model: Model, prompt: list[int], threads: int) -> float:
-    ctx = Context(model, ContextSize(n_ctx=_round(len(prompt) + 64), n_seq_max=1, n_batch=512), n_threads=threads)
-    ctx.prefill(prompt, 0)
-    ctx.clear()
-    start = time.perf_counter()
-    ctx.prefill(prompt, 0)
-    elapsed = time.perf_counter() - start
-    ctx.close()
-    return elapsed
-
-
-def section_decode(model, prompt, threads, n_tokens, sizes):
+def section_decode(model, prompt, threads, n_tokens, sizes, rounds):
+    """Alternate bare and engine runs `rounds` times per B; compare medians (a shared machine is noisy)."""
     rows = []
     for b in sizes:
-        bare = bare_batched_decode(model, prompt, b, n_tokens, threads)
-        steps, overall = engine_parallel(model, prompt, b, n_tokens, threads)
-        rows.append({"B": b, "bare_tps": bare, "engine_tps": steps, "engine_tps_with_prefill": overall, "ratio": steps / bare})
-        print(f"  B={b:<3} bare {bare:8.1f} t/s   engine {steps:8.1f} t/s   ratio {steps / bare:5.2f}   (with prefill {overall:6.1f} t/s)")
+        bare, engine = [], []
+        for _ in range(rounds):
+            bare.append(bare_batched_decode(model, prompt, b, n_tokens, threads))
+            engine.append(engine_parallel(model, prompt, b, n_tokens, threads))
+        bare_m, engine_m = float(np.median(bare)), float(np.median(engine))
+        rows.append({"B": b, "bare_tps": bare_m, "engine_tps": engine_m, "ratio": engine_m / bare_m,
+                     "bare_runs": bare, "engine_runs": engine})
+        print(f"  B={b:<3} bare {bare_m:8.1f} t/s   engine {engine_m:8.1f} t/s   ratio {engine_m / bare_m:5.2f}   "
+              f"(medians of {rounds}; bare {', '.join(f'{x:.0f}' for x in bare)}; engine {', '.join(f'{x:.0f}' for x in engine)})")
     return rows
 
 
@@ -215,6 +207,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--tokens", type=int, default=64, help="tokens per sequence in the decode section")
     ap.add_argument("--sizes", default="1,8,32")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating repetitions per B in the decode section")
     ap.add_argument("--only", default="decode,sequential,fork,memory")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
@@ -229,7 +222,8 @@ def main():
     sections = args.only.split(",")
     if "decode" in sections:
         print("decode: engine vs bare batched llama_decode (same context kind, same B)")
-        results["decode"] = section_decode(model, prompt, threads, args.tokens, [int(b) for b in args.sizes.split(",")])
+        results["decode"] = section_decode(model, prompt, threads, args.tokens, [int(b) for b in args.sizes.split(",")],
+                                           args.rounds)
     if "sequential" in sections:
         print("sequential: engine parallel M=32 vs 32 x Llama.create_completion")
         results["sequential"] = section_sequential(resolved.path, model, PROMPT, prompt, threads, 96, 32)
