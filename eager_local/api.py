@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from . import models
 from .budget import TokenBudget
 from .engine import ConfigError, Engine, GenerationConfig, Request
@@ -87,6 +85,3 @@ class EagerLocal:
             budget = TokenBudget(budget)
         trees = self.engine.generate(requests, config, budget=budget, on_token=on_token)
         return trees[0] if single else trees
-
-    def with_config(self, config: GenerationConfig, **changes) -> GenerationConfig:
-        return replace(config, **changes)

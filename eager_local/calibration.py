@@ -13,8 +13,9 @@ a reasoning model's is low over long stretches. Calibration measures it instead:
    (`estimate_sequences`, assumptions in its docstring), and pick θ for targets S = 2, 4, 8, … M by
    bisection on the estimate.
 4. **Check** the θ of the requested target with a short real EAGer-init run on the same prompts;
-   when the achieved mean #S is far from the prediction, correct once (aim the estimator at
-   S · predicted / achieved) and check again. Both numbers are kept and reported.
+   when the achieved mean #S misses the target, refine once (`run_check`): every real run is a
+   measured point (θ, #S), and θ is interpolated between measured points that bracket the target.
+   Predictions, achieved means and their standard errors are kept and reported.
 
 Profiles live next to the model in the cache, `home_dir()/profiles/<model-sha256[:16]>.json`, one
 entry per (model sha256, K, temperature, sampling, tempered, prompt format, max_new_tokens, task);
@@ -331,12 +332,14 @@ def record_traces(llm, prompt_tokens: list[list[int]], settings: Settings, *, sa
 
     EAGer-init with θ above ln K never branches (top-K entropy is at most ln K), and with room for a
     second sequence and a window longer than the generation, the engine computes the entropy at
-    every step. All runs go to one engine call, so they decode in one batch.
+    every step (except after a reasoning model's end-of-thinking marker, where the engine never
+    branches either: those steps are NaN, which never exceeds θ). All runs go to one engine call,
+    so they decode in one batch.
     Returns (traces, generated tokens, seconds).
     """
     config = settings.config(
         llm, method="eager-init", theta=math.log(settings.top_k_entropy) + 1.0, max_sequences=2,
-        branch_window=settings.max_new_tokens + 1, end_of_thinking=None,
+        branch_window=settings.max_new_tokens + 1,
     )
     requests = [
         Request(tokens=tokens, index=seed_offset + p * samples + s)
@@ -357,10 +360,10 @@ def record_traces(llm, prompt_tokens: list[list[int]], settings: Settings, *, sa
 
 
 def check_theta(llm, prompt_tokens: list[list[int]], settings: Settings, theta: float, max_sequences: int,
-                branch_window: int = 1000, end_of_thinking: str | None = None) -> dict:
+                branch_window: int = 1000) -> dict:
     """A real EAGer-init run at θ on the prompts: the achieved mean #S (and per prompt)."""
     config = settings.config(llm, method="eager-init", theta=theta, max_sequences=max_sequences,
-                             branch_window=branch_window, end_of_thinking=end_of_thinking)
+                             branch_window=branch_window)
     requests = [Request(tokens=tokens, index=i) for i, tokens in enumerate(prompt_tokens)]
     start = time.perf_counter()
     trees = llm.engine.generate(requests, config)

@@ -463,7 +463,8 @@ class _StepLoop:
         if sampled.any():
             idx = np.flatnonzero(sampled)
             uniforms = np.fromiter((rows[i].rng.random() for i in idx), dtype=np.float64, count=len(idx))
-            tokens[idx] = sample_rows(logits[idx], uniforms, self.config.sampling)
+            subset = logits if len(idx) == n else logits[idx]
+            tokens[idx] = sample_rows(subset, uniforms, self.config.sampling)
 
         branched_runs: set[int] = set()
         children: list[_Row] = []
@@ -614,7 +615,3 @@ def _settings(config: GenerationConfig, cap: int, request: Request) -> dict:
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
-
-
-def with_overrides(config: GenerationConfig, **changes) -> GenerationConfig:
-    return replace(config, **changes)

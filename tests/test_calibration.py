@@ -197,7 +197,8 @@ def test_resolve_theta_auto_calibrates_then_reuses_and_recalibrates_when_stale(l
     theta, info = C.resolve_theta("auto", llm, target_sequences=2, dataset_hint="arith:2:0", **TINY)
     assert info["calibrated_now"] and info["mode"] == "auto" and info["target"] == 2
     assert 0.0 <= theta <= math.log(20)
-    assert info["achieved_on_calibration"] is not None and info["predicted"] is not None
+    assert info["predicted"] is not None
+    assert info["achieved_on_calibration"] is not None or info["interpolated"]  # measured, or between measured runs
     path = home / "profiles" / (C.model_sha256(llm)[:16] + ".json")
     assert str(path) == info["profile"] and path.exists()
     doc = json.loads(path.read_text())
