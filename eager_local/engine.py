@@ -206,6 +206,14 @@ class Engine:
             self.context.restore(state, llama_id)
         return self.context
 
+    def reset(self) -> None:
+        """Free the llama.cpp context (its KV cache); the next call creates a fresh one."""
+        if self._pinned:
+            raise RuntimeError("release or park the kept sequences before resetting the engine")
+        if self.context:
+            self.context.close()
+            self.context = None
+
     # pinned sequences (for chat) ----------------------------------------------------------------
     def release(self, llama_id: int) -> None:
         """Drop a sequence the caller kept with keep_sequences=True."""
