@@ -252,3 +252,25 @@ def test_a_request_may_raise_its_own_cap(llm, arith_prompt):
     request = Request(tokens=llm.prompt_tokens(arith_prompt), text=arith_prompt, max_sequences=6)
     (tree,) = llm.engine.generate([request], config)
     assert tree.started and len(tree.sequences) == 6
+
+
+def test_new_prompts_wait_while_the_batch_is_full(llm, monkeypatch):
+    """Admission stops at max_batch_rows live rows (unified-KV attention grows with rows x cells)."""
+    widths = []
+    original = Context.decode
+
+    def observed(self, tokens, positions, seq_ids, want_logits):
+        widths.append(len(tokens))
+        return original(self, tokens, positions, seq_ids, want_logits)
+
+    monkeypatch.setattr(Context, "decode", observed)
+    engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8)
+    prompts = [f"What is {a} + {a}?" for a in range(2, 8)]
+    config = llm.config(method="parallel", max_sequences=4, max_new_tokens=12)
+    trees = engine.generate(requests_for(llm, prompts), config)
+    engine.reset()
+    assert all(len(t.sequences) == 4 for t in trees)
+    prompt_lengths = {len(r.tokens) for r in requests_for(llm, prompts)}
+    step_widths = [w for w in widths if w not in prompt_lengths]  # leave out the prefills
+    assert max(step_widths) <= 8  # two prompts of four rows at a time, never all six
+    assert 8 in step_widths
