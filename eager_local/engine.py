@@ -171,7 +171,7 @@ class Engine:
         cannot fill up in normal operation; the memory limit lowers concurrency before that.
         """
         per_prompt = longest_prompt + config.max_sequences * config.max_new_tokens
-        cell_limit = max(256, self.kv_memory // self.model.kv_bytes_per_cell())
+        cell_limit = self._cell_limit()
         concurrent = min(
             n_prompts,
             max(1, (MAX_SEQUENCES - len(self._pinned)) // config.max_sequences),
@@ -183,6 +183,10 @@ class Engine:
         n_seq = min(MAX_SEQUENCES, concurrent * config.max_sequences + len(self._pinned) + 1)
         n_seq = max(n_seq, max(self._pinned, default=0) + 1)  # kept sequences keep their ids
         return ContextSize(n_ctx=_round_up(n_ctx, 256), n_seq_max=n_seq, n_batch=max(512, n_seq)), concurrent
+
+    def _cell_limit(self) -> int:
+        """KV cells the memory limit allows."""
+        return max(256, self.kv_memory // self.model.kv_bytes_per_cell())
 
     def _pinned_cells(self) -> int:
         if not self.context:
@@ -198,8 +202,7 @@ class Engine:
         if ctx:
             # Grow by at least half again, so a conversation that lengthens turn by turn does not
             # rebuild its context every turn (within the memory limit).
-            cell_limit = max(256, self.kv_memory // self.model.kv_bytes_per_cell())
-            grown = min(cell_limit, _round_up(ctx.n_ctx * 3 // 2, 256))
+            grown = min(self._cell_limit(), _round_up(ctx.n_ctx * 3 // 2, 256))
             size = replace(
                 size,
                 n_ctx=max(size.n_ctx, grown),

@@ -6,8 +6,6 @@ on first use). One model at a time: two llama.cpp processes on a small machine o
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from eager_local import models
@@ -22,8 +20,7 @@ def default_model_path():
 def llm(default_model_path):
     from eager_local.api import EagerLocal
 
-    threads = int(os.environ["EAGER_LOCAL_THREADS"]) if os.environ.get("EAGER_LOCAL_THREADS") else None
-    return EagerLocal(str(default_model_path), threads=threads)
+    return EagerLocal(str(default_model_path))  # threads: physical cores, or EAGER_LOCAL_THREADS
 
 
 @pytest.fixture(scope="session")
