@@ -12,7 +12,7 @@ from .cli import user_errors
 @click.command("calibrate")
 @click.option("--model", "-m", "model", default=None, help="Registry name, .gguf path or http(s) URL (default: smollm2-135m).")
 @click.option("--dataset", "-d", default=None,
-              help="Calibrate on this dataset (gsm8k, math500, aime2024, aime2025, arith[:N[:SEED]], a .jsonl); "
+              help="Calibrate on this dataset (gsm8k, math500, aime2024, aime2025, arith[:N[:SEED[:LEVELS]]], a .jsonl); "
                    "`eval -d` on the same family uses the profile.")
 @click.option("--limit", type=int, default=8, show_default=True, help="Problems of --dataset to decode.")
 @click.option("--offset", type=int, default=0, show_default=True, help="Skip this many problems of --dataset first.")

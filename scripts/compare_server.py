@@ -30,7 +30,7 @@ from eager_local.eval import store
 from eager_local.eval.datasets import load_dataset, select
 from eager_local.eval.grading import extract_answer, is_correct
 from eager_local.eval.metrics import aggregate, prompt_metrics
-from eager_local.eval.prompting import DEFAULT_TEMPLATE, render
+from eager_local.eval.prompting import load_template, render
 from eager_local.llama_server import LlamaServer
 
 SERVER_FILE = "llama-server.jsonl"
@@ -50,10 +50,16 @@ def server_phase(args, problems, prompts, model_path) -> dict:
                 store.RecordWriter(out) as writer:
             # warm-up: one short request, so the first prompt's time is not start-up
             server.complete(prompts[0], n_predict=2, temperature=args.temperature, seed=0)
+            position = {p.id: i for i, p in enumerate(problems)}
             for problem, tokens in todo:
                 start = time.perf_counter()
+                # Each request's sampler starts a fresh RNG from its seed: the same M seeds for every
+                # prompt would draw the same random numbers on every prompt (request i long on all of
+                # them, say). Seeds unique per (prompt, sample) keep prompts independent, as
+                # eager_local's per-(seed, prompt, sequence) streams are.
                 outs = server.complete_many(tokens, n=args.max_sequences, n_predict=args.max_new_tokens,
-                                            temperature=args.temperature, seed=args.seed)
+                                            temperature=args.temperature,
+                                            seed=args.seed + position[problem.id] * args.max_sequences)
                 wall = time.perf_counter() - start
                 answers = [extract_answer(o.text, problem.kind) for o in outs]
                 correct = [bool(is_correct(a, problem.answer, problem.kind)) for a in answers]
@@ -71,6 +77,9 @@ def server_phase(args, problems, prompts, model_path) -> dict:
     if peak_mb is not None:
         stats["peak_mb"] = max(peak_mb, stats.get("peak_mb") or 0)
         store.write_json_atomic(stats_path, stats)
+    # A ratio is only fair when both sides ran in one invocation: the table says which it was.
+    stats["measured_now"] = len(todo)
+    stats["resumed"] = len(problems) - len(todo)
     return stats
 
 
@@ -81,6 +90,8 @@ def eager_phase(args) -> None:
         "--theta", str(args.theta), "-n", str(args.max_new_tokens), "-t", str(args.temperature),
         "--seed", str(args.seed), "--threads", str(args.threads), "--out", str(Path(args.out) / "eager_local"),
     ]
+    if args.prompt_template:
+        cmd += ["--prompt-template", args.prompt_template]
     if args.model:
         cmd += ["--model", args.model]
     print("+", " ".join(cmd), flush=True)
@@ -125,6 +136,8 @@ def summarise(args, problems, server_stats) -> str:
     lines = [
         f"{len(problems)} problems from {args.dataset} · M = {args.max_sequences} · θ = {args.theta} · "
         f"T = {args.temperature} · max {args.max_new_tokens} new tokens · {args.threads} threads",
+        f"llama-server prompts measured in this invocation: {server_stats.get('measured_now', 0)}, "
+        f"resumed from an earlier one: {server_stats.get('resumed', 0)}",
         "",
         "| system | method | pass@k | Δ pass@k vs server [95% CI] | cons@k | p@1 | tokens/prompt | wall s/prompt "
         "| tokens/s | peak MB | tokens ÷ server | wall ÷ server | tokens/s ÷ server |",
@@ -185,6 +198,8 @@ def main():
     ap.add_argument("--seed", type=int, default=55)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", default="parallel,eager-init,eager-adapt")
+    ap.add_argument("--prompt-template", default=None,
+                    help="text around the problem with {problem}, or @FILE (default: eval's step-by-step \\boxed{})")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -193,7 +208,8 @@ def main():
     Path(args.out).mkdir(parents=True, exist_ok=True)
     problems = select(load_dataset(args.dataset), offset=args.offset, limit=args.limit)
     llm = EagerLocal(args.model, threads=args.threads)
-    prompts = [llm.prompt_tokens(render(DEFAULT_TEMPLATE, p.problem)) for p in problems]
+    template = load_template(args.prompt_template)
+    prompts = [llm.prompt_tokens(render(template, p.problem)) for p in problems]
     model_path = llm.resolved.path
     del llm  # the server and eager_local's own runs each load the model themselves
 

@@ -231,7 +231,10 @@ def test_arith_specs_through_load_dataset():
     assert len(load_dataset("arith")) == 200
     assert load_dataset("arith:12") == arith_problems(12, seed=0)
     assert load_dataset("arith:12:4") == arith_problems(12, seed=4)
-    for bad in ("arith:x", "arith:0", "arith:1:2:3"):
+    assert load_dataset("arith:12:4:1-2") == arith_problems(12, seed=4, levels=(1, 2))
+    assert load_dataset("arith:6:0:1,3") == arith_problems(6, seed=0, levels=(1, 3))
+    assert load_dataset("arith:5:0:4") == arith_problems(5, seed=0, levels=(4,))
+    for bad in ("arith:x", "arith:0", "arith:1:2:x", "arith:1:2:0-2", "arith:1:2:6", "arith:1:2:", "arith:1:2:3:4"):
         with pytest.raises(DatasetError, match="bad arithmetic dataset spec"):
             load_dataset(bad)
 

@@ -72,7 +72,7 @@ def load_dataset(
 ) -> list[Problem]:
     """Load a built-in dataset by name, the arithmetic set, or a user JSONL file.
 
-    Names: gsm8k, math500, aime2024, aime2025, arith, arith:N, arith:N:SEED.
+    Names: gsm8k, math500, aime2024, aime2025, arith, arith:N, arith:N:SEED, arith:N:SEED:LEVELS.
     Anything else is taken as a path to a JSONL file with one object per line; the *_field
     arguments name its fields (they do not apply to built-ins) and kind sets the answer kind
     ("auto" decides per record). Raises DatasetError with a one-line message on any problem.
@@ -105,20 +105,32 @@ def _load_builtin(name: str) -> list[Problem]:
 
 
 def _load_arith_spec(spec: str) -> list[Problem]:
-    """Parse "arith", "arith:N" or "arith:N:SEED"."""
+    """Parse "arith", "arith:N", "arith:N:SEED" or "arith:N:SEED:LEVELS" (LEVELS: 1-2, 1,3 or 4)."""
+    usage = "expected arith, arith:N, arith:N:SEED or arith:N:SEED:LEVELS, e.g. arith:64:0:1-2"
     parts = spec.split(":")
-    if len(parts) > 3:
-        raise DatasetError(f"bad arithmetic dataset spec {spec!r} (expected arith, arith:N or arith:N:SEED)")
+    if len(parts) > 4:
+        raise DatasetError(f"bad arithmetic dataset spec {spec!r} ({usage})")
     try:
         n = int(parts[1]) if len(parts) > 1 else 200
         seed = int(parts[2]) if len(parts) > 2 else 0
+        levels = _parse_levels(parts[3]) if len(parts) > 3 else tuple(ARITH_LEVELS)
     except ValueError:
-        raise DatasetError(
-            f"bad arithmetic dataset spec {spec!r} (expected arith, arith:N or arith:N:SEED with integers)"
-        ) from None
+        raise DatasetError(f"bad arithmetic dataset spec {spec!r} ({usage}, integers only)") from None
     if n < 1:
         raise DatasetError(f"bad arithmetic dataset spec {spec!r}: N must be at least 1")
-    return arith_problems(n=n, seed=seed)
+    unknown = [level for level in levels if level not in ARITH_LEVELS]
+    if unknown or not levels:
+        raise DatasetError(f"bad arithmetic dataset spec {spec!r}: levels must be among {sorted(ARITH_LEVELS)}")
+    return arith_problems(n=n, seed=seed, levels=levels)
+
+
+def _parse_levels(text: str) -> tuple[int, ...]:
+    """"1-2" -> (1, 2); "1,3" -> (1, 3); "4" -> (4,). Raises ValueError on anything else."""
+    levels: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        levels.extend(range(int(low), int(high or low) + 1))
+    return tuple(dict.fromkeys(levels))
 
 
 def _load_user_file(path: Path, *, problem_field: str, answer_field: str, id_field: str, kind: str) -> list[Problem]:
@@ -126,7 +138,7 @@ def _load_user_file(path: Path, *, problem_field: str, answer_field: str, id_fie
         if _looks_like_a_name(str(path)):
             raise DatasetError(
                 f"unknown dataset {str(path)!r} (built-in: {', '.join(BUILTIN_DATASETS)}, "
-                f"arith[:N[:SEED]]; or give the path of a .jsonl file)"
+                f"arith[:N[:SEED[:LEVELS]]]; or give the path of a .jsonl file)"
             )
         raise DatasetError(f"dataset file not found: {path}")
     if not path.is_file():
