@@ -884,6 +884,9 @@ def resolve_theta(
     else:
         source = {"dataset": dataset_hint or "gsm8k", "limit": calibrate_prompts, "offset": 0}
     if entry is None:
+        if log:
+            log(f"calibrating θ for task {task!r}: no profile for this model and these settings yet "
+                f"(once; saved to {profile_path(key.model_sha256)})")
         if prompts is None:
             prompts = dataset_problems(dataset_hint, limit=calibrate_prompts)
         entry, _ = calibrate(
@@ -893,6 +896,8 @@ def resolve_theta(
             branch_window=branch_window, log=log,
         )
         calibrated_now = True
+        if log:
+            log(f"calibration took {entry.timing['total_seconds']:.0f} s")
     path = profile_path(key.model_sha256)
     info = {"spec": str(spec), "mode": kind, "profile": str(path), "profile_key": key.id(), "task": task,
             "calibrated_now": calibrated_now, "profile_created": entry.created}
@@ -929,6 +934,7 @@ def _source_prompts(source: dict, dataset_hint: str | None, default_limit: int) 
 
 
 def theta_from_options(opts: dict, llm, *, prompt_template: str = RAW_TEMPLATE, dataset_hint: str | None = None,
+                       calibration_problems: Sequence[str] | None = None,
                        log: Callable[[str], None] | None = None) -> tuple[float, dict]:
     """resolve_theta() fed from the CLI's generation options (the dict `run`, `chat` and `eval` get).
 
@@ -951,6 +957,7 @@ def theta_from_options(opts: dict, llm, *, prompt_template: str = RAW_TEMPLATE, 
         system=opts.get("system"),
         prompt_template=prompt_template,
         dataset_hint=dataset_hint,
+        calibration_problems=calibration_problems,
         seed=opts.get("seed", 55),
         log=log,
     )

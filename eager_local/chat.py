@@ -450,10 +450,12 @@ def chat_command(method, once, load_file, **opts):
 def _chat(method, once, load_file, opts):
     if not opts["chat"]:
         raise ConfigError("chat needs the model's chat template; --raw is for `eager-local run`")
+    check_theta_options(opts)
     runner = load_runner(opts)
     if not runner.model.chat_template():
         raise ConfigError(f"{runner.resolved.path.name} has no chat template in its metadata; chat needs one")
-    settings = dict(config_options(opts), method=method)
+    theta, _ = resolve_theta_option(opts, runner)
+    settings = dict(config_options(opts), theta=theta, method=method)
     session = ChatSession(runner, settings, budget=TokenBudget(opts["budget"]))
     session.conversation.system = opts["system"]
     interactive = sys.stdin.isatty()
@@ -477,6 +479,13 @@ def _chat(method, once, load_file, opts):
         session.close()
 
 
-from .cli import config_options, generation_options, load_runner, user_errors  # noqa: E402
+from .cli import (  # noqa: E402
+    check_theta_options,
+    config_options,
+    generation_options,
+    load_runner,
+    resolve_theta_option,
+    user_errors,
+)
 
 chat_command.params[1:1] = list(reversed(generation_options(lambda: None).__click_params__))

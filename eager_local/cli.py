@@ -36,7 +36,11 @@ def generation_options(func):
     """The options shared by run, eval and chat (same names, same meaning everywhere)."""
     options = [
         click.option("--model", "-m", "model", default=None, help="Registry name, .gguf path or http(s) URL (default: smollm2-135m)."),
-        click.option("--theta", type=float, default=2.4, show_default=True, help="Branch when top-K entropy (nats) exceeds this."),
+        click.option("--theta", default="2.4", show_default=True,
+                     help="Branch when top-K entropy (nats) exceeds this; 'auto' calibrates θ for --target-sequences, "
+                          "'q99.5' takes that quantile of the model's entropies (profile cached per model)."),
+        click.option("--target-sequences", "-S", "target_sequences", type=int, default=None,
+                     help="With --theta auto: mean sequences per prompt to aim for (default: M/2)."),
         click.option("--max-sequences", "-M", type=int, default=8, show_default=True, help="Cap on sequences per prompt (parallel draws exactly M)."),
         click.option("--temperature", "-t", type=float, default=0.6, show_default=True),
         click.option("--top-k", type=int, default=0, help="Sampling top-k (0 = off)."),
@@ -70,6 +74,41 @@ def config_options(opts: dict) -> dict:
     return config
 
 
+def check_theta_options(opts: dict) -> None:
+    """--theta and -S are checked before any model loads (one-line errors)."""
+    from .calibration import parse_theta_spec
+
+    kind, _ = parse_theta_spec(opts["theta"])
+    if opts.get("target_sequences") is not None:
+        if opts["target_sequences"] < 1:
+            raise ConfigError(f"target-sequences must be >= 1, got {opts['target_sequences']}")
+        if kind != "auto":
+            raise ConfigError("--target-sequences goes with --theta auto")
+
+
+def resolve_theta_option(opts: dict, runner, **hints) -> tuple[float, dict]:
+    """θ from --theta: a number as is; auto / qNN.N from the model's calibration profile (calibrated
+    first, on stderr, when there is none for these settings). Returns (θ, info for the output)."""
+    from .calibration import theta_from_options
+
+    theta, info = theta_from_options(opts, runner, log=lambda line: click.echo(line, err=True), **hints)
+    if info["mode"] != "fixed":
+        click.echo(f"θ = {theta:.3f} ({describe_theta(info)})", err=True)
+    return theta, info
+
+
+def describe_theta(info: dict) -> str:
+    """'auto: target 4 of M=8 sequences, 3.9 on the calibration prompts' and the like."""
+    if info["mode"] == "fixed":
+        return "fixed"
+    if info["mode"] == "quantile":
+        return f"q{info['quantile']:g} of the model's top-K entropies"
+    text = f"auto: target {info['target']} sequences per prompt"
+    if info.get("achieved_on_calibration") is not None:
+        text += f", {info['achieved_on_calibration']:.2f} on the calibration prompts"
+    return text
+
+
 def load_runner(opts: dict):
     from .api import EagerLocal
 
@@ -98,8 +137,10 @@ def run(prompt, method, as_json, **opts):
 
     from .render import render_run
 
+    check_theta_options(opts)
     runner = load_runner(opts)
-    config = runner.config(method=method, **config_options(opts))
+    theta, theta_info = resolve_theta_option(opts, runner)
+    config = runner.config(method=method, **dict(config_options(opts), theta=theta))
     config.validate()
     budget = TokenBudget(opts["budget"])
     tokens = runner.prompt_tokens(prompt, chat=opts["chat"], system=opts["system"])
@@ -112,6 +153,7 @@ def run(prompt, method, as_json, **opts):
         doc = tree.to_dict()
         doc["summary"] = _summary(tree, wall, budget)
         doc["model"] = {"path": str(runner.resolved.path), "name": runner.resolved.name}
+        doc["theta"] = theta_info
         click.echo(json.dumps(doc, ensure_ascii=False, indent=1))
     else:
         click.echo(render_run(tree, wall=wall, budget=budget))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from cli_helpers import eager
 from eager_local import calibration as C
 
 LOW, HIGH = 0.5, 2.9  # entropies below / above every θ used in the synthetic tests
@@ -231,11 +230,6 @@ def test_recorded_traces_match_a_plain_run(llm):
     flat = [h for t in traces[0] for h in t]
     assert all(0.0 <= h <= math.log(20) + 1e-9 for h in flat)  # computed at every step, never NaN
     assert fmt.key(llm.model.chat_template()) != C.PromptFormat(chat=False).key(None)
-
-
-def eager(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "eager_local", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
 
 
 def test_cli_calibrate_default_model(default_model_path, home, monkeypatch):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import config_options, generation_options, load_runner, user_errors
+from ..cli import config_options, describe_theta, generation_options, load_runner, user_errors
 from . import store
 
 ALL_METHODS = ",".join(store.EVAL_METHODS)
@@ -18,7 +18,11 @@ def eval_generation_options(func):
     func = generation_options(func)
     sweeps = {
         "theta": click.Option(["--theta"], default="2.4", show_default=True,
-                              help="Branch when top-K entropy (nats) exceeds this; a comma list sweeps (1.8,2.0,2.4)."),
+                              help="Branch when top-K entropy (nats) exceeds this; a comma list sweeps (1.8,2.0,2.4); "
+                                   "'auto' calibrates θ per --target-sequences, 'q99.5' takes an entropy quantile."),
+        "target_sequences": click.Option(["--target-sequences", "-S", "target_sequences"], default=None,
+                                         help="With --theta auto: mean sequences per prompt to aim for; a comma "
+                                              "list gives one θ each (default: M/2)."),
         "max_sequences": click.Option(["--max-sequences", "-M"], default="8", show_default=True,
                                       help="Cap on sequences per prompt (parallel draws exactly M); a comma list sweeps (4,8)."),
     }
@@ -28,7 +32,7 @@ def eval_generation_options(func):
 
 @click.command("eval")
 @click.option("--dataset", "-d", required=True,
-              help="gsm8k, math500, aime2024, aime2025, arith[:N[:SEED]], or a .jsonl file.")
+              help="gsm8k, math500, aime2024, aime2025, arith[:N[:SEED[:LEVELS]]], or a .jsonl file.")
 @click.option("--method", "methods", default=ALL_METHODS, show_default=True,
               help="Comma list of parallel, eager-init, eager-adapt, eager.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Run directory (runs/NAME).")
@@ -57,18 +61,26 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
     from .datasets import load_dataset, parse_shard, select
     from .plan import PER_PROMPT_CAP
     from .prompting import load_template
-    from .runner import (EvalSpec, Evaluation, model_sha256, open_run_dir, parse_list, parse_methods,
-                         session_info)
+    from .runner import (DEFAULT_CHECK_THETA, EvalSpec, Evaluation, dedupe, model_sha256, open_run_dir, parse_list,
+                         parse_methods, parse_theta_specs, session_info)
 
     method_list = parse_methods(methods)
-    thetas = parse_list(opts["theta"], float, "theta")
+    theta_specs = parse_theta_specs(opts["theta"])
     ms = parse_list(opts["max_sequences"], int, "max-sequences")
+    targets = parse_list(opts["target_sequences"], int, "target-sequences") if opts["target_sequences"] else None
+    calibrated = [t for t in theta_specs if not isinstance(t, float)]
+    if calibrated and len(ms) > 1:
+        raise ValueError("--theta auto/qNN.N needs a single -M (the calibrated θ depends on it)")
+    if targets is not None and "auto" not in calibrated:
+        raise ValueError("--target-sequences goes with --theta auto")
+    if targets is not None and min(targets) < 1:
+        raise ValueError(f"target-sequences must be >= 1, got {min(targets)}")
     generation = config_options(opts)
     generation.pop("theta")
     generation.pop("max_sequences")
     sampling = SamplingParams(**{k: generation[k] for k in ("temperature", "top_k", "top_p", "min_p")})
     rest = {k: v for k, v in generation.items() if k not in ("temperature", "top_k", "top_p", "min_p")}
-    for theta in thetas:
+    for theta in [t for t in theta_specs if isinstance(t, float)] or [DEFAULT_CHECK_THETA]:
         for m in ms:
             GenerationConfig(method="eager-init", theta=theta, max_sequences=m, sampling=sampling, **rest).validate()
             if "eager-adapt" in method_list and PER_PROMPT_CAP["eager-adapt"] * m > MAX_SEQUENCES:
@@ -93,6 +105,13 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
 
     resolved = models.resolve(opts["model"])
     sha = model_sha256(resolved.path, resolved.sha256)
+    runner = None
+    thetas = [t for t in theta_specs if isinstance(t, float)]
+    calibration: list[dict] = []
+    if calibrated:
+        runner = load_runner({**opts, "model": str(resolved.path)})
+        found, calibration = _calibrated_thetas(runner, calibrated, targets, ms[0], opts, template, dataset, everything)
+        thetas = dedupe(thetas + found)
     spec = EvalSpec(
         dataset=dataset,
         selection={"limit": limit, "offset": offset, "ids": id_list, "shuffle": shuffle, "seed": opts["seed"],
@@ -109,12 +128,39 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
         model_sha256=sha,
     )
     info = session_info(resolved.path, resolved.name, sha, opts["threads"])
-    open_run_dir(out, spec, problems, info)
+    open_run_dir(out, spec, problems, info, calibration=calibration)
 
-    runner = load_runner({**opts, "model": str(resolved.path)})
+    runner = runner or load_runner({**opts, "model": str(resolved.path)})
     evaluation = Evaluation(spec, out, runner, problems, [positions[p.id] for p in problems], progress=progress)
     evaluation.run()
     click.echo(f"results in {out}; summary: eager-local report {out}")
+
+
+def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, dataset, everything):
+    """Numbers for --theta auto (one per target) and qNN.N, with how each was found (for the report).
+
+    They become plain θs before the run is pinned in its manifest: a rerun that finds another
+    profile (recalibrated after a change) gets another θ, and the manifest check refuses to mix them.
+    """
+    from ..calibration import theta_from_options
+    from .datasets import ARITH_NAME, BUILTIN_DATASETS
+
+    family = dataset.lower().split(":")[0]
+    builtin = family in BUILTIN_DATASETS or family == ARITH_NAME
+    thetas, infos = [], []
+    for spec in specs:
+        for target in (targets or [None]) if spec == "auto" else [None]:
+            theta, info = theta_from_options(
+                {**opts, "theta": spec, "max_sequences": max_sequences, "target_sequences": target}, runner,
+                prompt_template=template, dataset_hint=dataset,
+                # a user file's problems are read with the user's field names: hand them over
+                calibration_problems=None if builtin else [p.problem for p in everything],
+                log=lambda line: click.echo(line, err=True))
+            theta = round(theta, 3)
+            click.echo(f"θ = {theta:.3f} ({describe_theta(info)})", err=True)
+            thetas.append(theta)
+            infos.append({**info, "theta": theta})
+    return thetas, infos
 
 
 def _read_ids(text: str) -> list[str]:

@@ -52,6 +52,11 @@ class Group:
     def params(self) -> dict:
         return self.manifests[0]["params"]
 
+    @property
+    def calibration(self) -> list[dict]:
+        """How each calibrated θ (--theta auto / qNN.N) was found, as eval recorded it."""
+        return self.manifests[0].get("theta_calibration", [])
+
 
 def expand_dirs(patterns: list[str]) -> list[Path]:
     dirs: list[Path] = []
@@ -205,6 +210,26 @@ def _notes(group: Group) -> list[str]:
         notes.append("* incomplete point (rerun the eval command to finish it)")
     if group.duplicates:
         notes.append(f"{group.duplicates} duplicate prompt record(s) across merged dirs counted once")
+    notes += calibration_notes(group)
+    return notes
+
+
+def calibration_notes(group: Group) -> list[str]:
+    """One line per calibrated θ: what it aimed for and the #S EAGer-init reached with it."""
+    notes = []
+    for info in group.calibration:
+        theta = info["theta"]
+        init = next((r for r in group.rows if r["method"] == store.INIT and r["theta"] == theta and r["#S"] is not None),
+                    None)
+        reached = f"eager-init reached #S {init['#S']:.2f}" if init else "no eager-init result yet"
+        if info["mode"] == "auto":
+            target = info["target"]
+            off = f" ({(init['#S'] - target) / target:+.0%} of the target)" if init else ""
+            notes.append(f"θ {theta:g} = auto, target {target} sequences per prompt: {reached}{off}")
+        else:
+            predicted = info.get("predicted")
+            guess = f" (profile predicted {predicted:.2f})" if predicted is not None and init else ""
+            notes.append(f"θ {theta:g} = q{info['quantile']:g} of the model's top-K entropies: {reached}{guess}")
     return notes
 
 
@@ -249,6 +274,7 @@ def render_json(groups: list[Group]) -> str:
             "params": g.params,
             "budget": g.budget,
             "duplicates": g.duplicates,
+            "theta_calibration": g.calibration,
             "points": g.rows,
         }
         for g in groups
@@ -272,6 +298,22 @@ RENDERERS = {"table": render_table, "markdown": render_markdown, "json": render_
 
 
 # --- plot ------------------------------------------------------------------------------------------
+def _group_labels(groups: list[Group]) -> list[str]:
+    """Name each group by what differs between them (T=1.0, the dataset, the model...), else by number."""
+    def facts(g: Group) -> dict:
+        gen = g.params["generation"]
+        model = g.manifests[0]["model"]
+        return {"": g.params["dataset"], "T=": gen["temperature"], "n=": gen["max_new_tokens"],
+                "model ": model.get("name") or Path(model["path"]).name, "template ": g.params["prompt_template"][:12]}
+
+    all_facts = [facts(g) for g in groups]
+    differing = [k for k in all_facts[0] if len({str(f[k]) for f in all_facts}) > 1]
+    labels = [" ".join(f"{k}{f[k]}" for k in differing) for f in all_facts]
+    if len(set(labels)) < len(labels):
+        labels = [f"{i + 1}" + (f" {label}" if label else "") for i, label in enumerate(labels)]
+    return labels
+
+
 def plot(groups: list[Group], path: Path) -> None:
     """pass@k against generated tokens per prompt, one curve per method, one point per M or θ."""
     try:
@@ -283,8 +325,11 @@ def plot(groups: list[Group], path: Path) -> None:
         raise ValueError("--plot needs matplotlib: pip install 'eager-local[plot]'") from None
     markers = {"parallel": "s", "eager-init": "o", "eager-adapt": "^", "eager": "D"}
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    group_labels = _group_labels(groups)
     for gi, group in enumerate(groups):
         ms = sorted({r["M"] for r in group.rows})
+        auto_tags = {c["theta"]: (f"auto S={c['target']}" if c["mode"] == "auto" else c["spec"])
+                     for c in group.calibration}
         curves: dict[tuple, list[dict]] = {}
         for r in group.rows:
             if r["#T"] is None:
@@ -298,12 +343,14 @@ def plot(groups: list[Group], path: Path) -> None:
             rows.sort(key=lambda r: r["#T"])
             label = method + (f" θ={theta:g}" if theta is not None else "")
             if len(groups) > 1:
-                label += f" [{gi + 1}]"
+                label += f" [{group_labels[gi]}]"
             xs = [r["#T"] for r in rows]
             ys = [r["pass@k"] for r in rows]
             ax.plot(xs, ys, marker=markers.get(method, "o"), label=label)
             for r in rows:
                 tag = f"M={r['M']}" if len(ms) > 1 else ("" if r["theta"] is None else f"θ={r['theta']:g}")
+                if r["theta"] in auto_tags:
+                    tag += f" ({auto_tags[r['theta']]})"
                 if method == PARALLEL and len(ms) == 1:
                     tag = f"M={r['M']}"
                 ax.annotate(tag, (r["#T"], r["pass@k"]), textcoords="offset points", xytext=(4, 4), fontsize=7)

@@ -87,7 +87,7 @@ class EvalSpec:
 
 
 def parse_methods(text: str) -> list[str]:
-    methods = _dedupe(x.strip() for x in text.split(",") if x.strip())
+    methods = dedupe(x.strip() for x in text.split(",") if x.strip())
     if not methods:
         raise ValueError("no method given (choose from " + ", ".join(store.EVAL_METHODS) + ")")
     for m in methods:
@@ -111,10 +111,29 @@ def parse_list(text: str, kind: type, name: str) -> list:
         values.append(value)
     if not values:
         raise ValueError(f"{name}: no value given")
-    return _dedupe(values)
+    return dedupe(values)
 
 
-def _dedupe(values) -> list:
+DEFAULT_CHECK_THETA = 2.4  # validates the other options when every θ is calibrated
+
+
+def parse_theta_specs(text: str) -> list:
+    """--theta's comma list: numbers as floats; 'auto' and 'qNN.N' kept as strings (resolved later)."""
+    from ..calibration import parse_theta_spec
+
+    specs = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        kind, value = parse_theta_spec(part)
+        specs.append(value if kind == "number" else part.lower())
+    if not specs:
+        raise ValueError("theta: no value given")
+    return dedupe(specs)
+
+
+def dedupe(values) -> list:
     seen, out = set(), []
     for v in values:
         if v not in seen:
@@ -124,11 +143,13 @@ def _dedupe(values) -> list:
 
 
 # --- run directory ---------------------------------------------------------------------------------
-def open_run_dir(out: Path, spec: EvalSpec, problems: list[Problem], info: dict) -> dict:
+def open_run_dir(out: Path, spec: EvalSpec, problems: list[Problem], info: dict,
+                 calibration: list[dict] | None = None) -> dict:
     """Create the run directory and manifest, or check that an existing one holds the same run.
 
     A different run in the same directory is refused (ResultsError, one line). `info` (model path,
-    versions, machine) is recorded per session and never compared.
+    versions, machine) is recorded per session and never compared; `calibration` (how each
+    calibrated θ was found) is kept for the report.
     """
     params = spec.params()
     ids = [p.id for p in problems]
@@ -161,6 +182,8 @@ def open_run_dir(out: Path, spec: EvalSpec, problems: list[Problem], info: dict)
             "problems": ids,
             "sessions": [info],
         }
+    if calibration:
+        manifest["theta_calibration"] = calibration
     store.write_json_atomic(manifest_path, manifest)
     return manifest
 

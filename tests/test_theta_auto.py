@@ -1,0 +1,110 @@
+"""--theta auto / qNN.N / -S on `run` and `eval` (issue 6): real processes on the default model.
+
+Each test has its own EAGER_LOCAL_HOME, so calibration really runs (tiny settings: 24 new tokens,
+M = 4) and its profile is written, found again, and redone when stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import assert_one_line_error, eager
+from eager_local import calibration as C
+
+TINY = ["-M", "4", "-n", "24"]
+
+
+@pytest.fixture
+def env(tmp_path):
+    return dict(os.environ, EAGER_LOCAL_HOME=str(tmp_path / "home"))
+
+
+def profile_path(env) -> Path:
+    (path,) = (Path(env["EAGER_LOCAL_HOME"]) / "profiles").glob("*.json")
+    return path
+
+
+def profile_file(env) -> dict:
+    return json.loads(profile_path(env).read_text())
+
+
+def run_json(prompt, *options, env):
+    result = eager("run", prompt, *TINY, "--json", *options, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), result.stderr
+
+
+def test_run_theta_auto_calibrates_once_uses_the_profile_and_redoes_a_stale_one(env):
+    doc, err = run_json("What is 12 + 30?", "--theta", "auto", "-S", "2", env=env)
+    info = doc["theta"]
+    assert info["mode"] == "auto" and info["target"] == 2 and info["calibrated_now"]
+    assert "calibrating θ for task 'default'" in err and f"θ = {info['theta']:.3f} (auto: target 2 sequences per prompt" in err
+    # The generation really used the calibrated θ: the tree records it, and every fork is above it.
+    assert doc["settings"]["theta"] == pytest.approx(info["theta"])
+    assert all(event["entropy"] > info["theta"] for event in doc["events"])
+    (entry,) = profile_file(env)["entries"].values()
+    assert entry["key"]["task"] == "default" and entry["key"]["max_new_tokens"] == 24
+    checked = [c for c in entry["checks"] if c["target"] == 2 and c["max_sequences"] == 4]
+    assert checked and checked[0]["theta"] == pytest.approx(info["theta"])
+
+    again, err = run_json("What is 12 + 30?", "--theta", "auto", "-S", "2", env=env)
+    assert not again["theta"]["calibrated_now"] and again["theta"]["theta"] == info["theta"]
+    assert "calibrating" not in err  # the profile was found
+
+    quantile, _ = run_json("What is 12 + 30?", "--theta", "q90", env=env)
+    assert quantile["theta"]["mode"] == "quantile" and not quantile["theta"]["calibrated_now"]
+    assert quantile["theta"]["theta"] == pytest.approx(entry["quantiles"]["q90"], abs=1e-4)
+
+    # A profile written by an older format is stale: recalibrated, not silently used.
+    path = profile_path(env)
+    stale = json.loads(path.read_text())
+    stale["version"] = C.PROFILE_VERSION - 1
+    path.write_text(json.dumps(stale))
+    redone, _ = run_json("What is 12 + 30?", "--theta", "auto", "-S", "2", env=env)
+    assert redone["theta"]["calibrated_now"]
+    assert profile_file(env)["version"] == C.PROFILE_VERSION
+
+
+def test_eval_theta_auto_pins_the_calibrated_theta_and_report_shows_the_target(env, tmp_path):
+    out = tmp_path / "run"
+    args = ["eval", "--dataset", "arith:3:0", "--method", "eager-init", "--theta", "auto,2.0", "-S", "2",
+            *TINY, "--no-progress", "--out", str(out)]
+    first = eager(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    (calibrated,) = manifest["theta_calibration"]
+    assert calibrated["mode"] == "auto" and calibrated["target"] == 2 and calibrated["task"] == "arith"
+    assert sorted(manifest["params"]["theta"]) == sorted([2.0, calibrated["theta"]])
+    assert (out / f"eager-init_theta{calibrated['theta']:g}_M4.jsonl").exists()
+
+    again = eager(*args, env=env)  # the profile is found again: same θ, so the run resumes as a no-op
+    assert again.returncode == 0, again.stderr
+    assert "calibrating" not in again.stderr
+
+    report = eager("report", str(out), env=env)
+    assert report.returncode == 0, report.stderr
+    records = [json.loads(line) for line in (out / f"eager-init_theta{calibrated['theta']:g}_M4.jsonl").open()]
+    mean_s = sum(r["#S"] for r in records) / len(records)
+    assert (f"θ {calibrated['theta']:g} = auto, target 2 sequences per prompt: eager-init reached #S {mean_s:.2f}"
+            in report.stdout)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["run", "hi", "--theta", "lots"], "theta must be a number (nats), 'auto' or a quantile"),
+        (["run", "hi", "--theta", "q120"], "between q0 and q100"),
+        (["run", "hi", "-S", "2"], "--target-sequences goes with --theta auto"),
+        (["run", "hi", "--theta", "auto", "-S", "0"], "target-sequences must be >= 1"),
+        (["eval", "-d", "arith:2", "-o", "x", "--theta", "auto", "-M", "4,8"], "needs a single -M"),
+        (["eval", "-d", "arith:2", "-o", "x", "--theta", "2.0", "-S", "2"], "--target-sequences goes with --theta auto"),
+        (["eval", "-d", "arith:2", "-o", "x", "--theta", "auto,-1"], "theta must be a number >= 0"),
+    ],
+)
+def test_bad_theta_options_are_one_line_errors(args, fragment, env, tmp_path):
+    assert_one_line_error(eager(*args, env=env, cwd=tmp_path), fragment)
+    assert not (tmp_path / "x").exists()
