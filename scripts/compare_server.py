@@ -20,7 +20,6 @@ Build llama-server from the llama.cpp that llama-cpp-python vendors (see BENCHMA
 from __future__ import annotations
 
 import argparse
-import random
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 from eager_local.eval import store
 from eager_local.eval.datasets import load_dataset, select
 from eager_local.eval.grading import extract_answer, is_correct
-from eager_local.eval.metrics import aggregate, prompt_metrics
+from eager_local.eval.metrics import aggregate, paired_bootstrap, prompt_metrics
 from eager_local.eval.prompting import load_template, render
 from eager_local.llama_server import LlamaServer
 
@@ -154,18 +153,6 @@ def summarise(args, problems, server_stats) -> str:
             f"| {row['wall_per_prompt'] / base['wall_per_prompt']:.2f} | {row['tokens_per_s'] / base['tokens_per_s']:.2f} |"
         )
     return "\n".join(lines)
-
-
-def paired_bootstrap(a: list[float], b: list[float], rounds: int = 10000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of mean(a) − mean(b) resampling prompts (pairs kept together)."""
-    rng = random.Random(seed)
-    n = len(a)
-    diffs = []
-    for _ in range(rounds):
-        idx = [rng.randrange(n) for _ in range(n)]
-        diffs.append(sum(a[i] - b[i] for i in idx) / n)
-    diffs.sort()
-    return diffs[int(0.025 * rounds)], diffs[int(0.975 * rounds) - 1]
 
 
 def _peak_rss_mb(pid: int) -> float | None:

@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from eager_local.eval.metrics import aggregate, pass_at_k_unbiased, prompt_metrics
+from eager_local.eval.metrics import aggregate, paired_bootstrap, pass_at_k_unbiased, prompt_metrics
 
 
 @pytest.mark.parametrize(
@@ -115,3 +115,13 @@ def test_aggregate_means_and_fixed_k():
 
 def test_aggregate_of_nothing():
     assert aggregate([], ks=[1]) == {"prompts": 0}
+
+
+def test_paired_bootstrap_interval():
+    assert paired_bootstrap([1.0, 0.0, 1.0], [1.0, 0.0, 1.0]) == (0.0, 0.0)  # same outcomes: no difference
+    assert paired_bootstrap([1.0] * 5, [0.0] * 5) == (1.0, 1.0)
+    a = [1.0] * 12 + [0.0] * 28  # 30 % vs 10 %: the interval holds +0.2 and is inside [-1, 1]
+    b = [1.0] * 4 + [0.0] * 36
+    low, high = paired_bootstrap(a, b)
+    assert -1.0 <= low < 0.2 < high <= 1.0
+    assert paired_bootstrap(a, b) == (low, high)  # fixed seed: reproducible

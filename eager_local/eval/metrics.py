@@ -7,6 +7,7 @@ different number of sequences per prompt.
 
 from __future__ import annotations
 
+import random
 from typing import Iterable, Sequence
 
 from .grading import is_correct, majority_answer
@@ -94,3 +95,15 @@ def aggregate(per_prompt: Sequence[dict], ks: Iterable[int] | None = None) -> di
 def _mean(values: Iterable[float]) -> float:
     values = list(values)
     return sum(values) / len(values)
+
+
+def paired_bootstrap(a: list[float], b: list[float], rounds: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(a) − mean(b) resampling prompts (pairs kept together)."""
+    rng = random.Random(seed)  # fixed: the same data always gives the same interval
+    n = len(a)
+    diffs = []
+    for _ in range(rounds):
+        idx = [rng.randrange(n) for _ in range(n)]
+        diffs.append(sum(a[i] - b[i] for i in idx) / n)
+    diffs.sort()
+    return diffs[int(0.025 * rounds)], diffs[int(0.975 * rounds) - 1]

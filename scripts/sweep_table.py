@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""A θ × temperature sweep in one table: the report's metrics plus two signs of repetitive text.
+
+    python scripts/sweep_table.py runs/sweep-arith64-T0.6 runs/sweep-arith64-T1.0 [--plot sweep.png]
+
+For every point of every run directory: T, method, θ, pass@k with a paired-bootstrap interval of its
+difference to the first `parallel` point given (same prompts), cons@k, p@1, #T, #S, and
+- `capped`: the share of sequences that ran into max_new_tokens (a small model that loops never stops);
+- `distinct`: distinct extracted answers per prompt divided by its sequences (1 = all different).
+--plot draws pass@k against tokens per prompt, one curve per (method, T), θ on each point, with the
+Pareto front (no other point has both more pass@k and fewer tokens) marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from eager_local.eval import store
+from eager_local.eval.metrics import paired_bootstrap
+from eager_local.eval.report import build_report
+
+
+def point_records(run_dir: Path, point_name: str) -> dict[str, dict]:
+    point = store.parse_point(point_name)
+    return {r["id"]: r for r in store.read_records(run_dir / point.records_file)}  # final sequences
+
+
+def repetition(records: dict[str, dict]) -> tuple[float, float]:
+    seqs = [s for r in records.values() for s in r["sequences"]]
+    capped = sum(1 for s in seqs if s.get("finish_reason") == "length") / max(1, len(seqs))
+    distinct = [len({s["answer"] for s in r["sequences"]}) / len(r["sequences"])
+                for r in records.values() if r["sequences"]]
+    return capped, sum(distinct) / max(1, len(distinct))
+
+
+def solved(records: dict[str, dict], ids: list[str]) -> list[float]:
+    return [1.0 if any(s["correct"] for s in records[i]["sequences"]) else 0.0 for i in ids]
+
+
+def rows(run_dirs: list[str]) -> list[dict]:
+    """Every point of every directory; Δ pass@k against the first parallel point found (paired by prompt)."""
+    out = []
+    for group in build_report(run_dirs):
+        temperature = group.params["generation"]["temperature"]
+        for row in group.rows:
+            records = point_records(group.dirs[0], row["point"])
+            capped, distinct = repetition(records)
+            out.append({**row, "T": temperature, "capped": capped, "distinct": distinct, "records": records})
+    base = next((r for r in out if r["method"] == store.PARALLEL), None)
+    for row in out:
+        ids = sorted(set(row["records"]) & set(base["records"])) if base else []
+        if ids:
+            a, b = solved(row["records"], ids), solved(base["records"], ids)
+            low, high = paired_bootstrap(a, b)
+            row["delta"] = (sum(a) / len(a) - sum(b) / len(b), low, high)
+    return out
+
+
+def pareto(points: list[dict]) -> set[int]:
+    """Indices of points no other point beats on both pass@k (higher) and #T (lower)."""
+    front = set()
+    for i, p in enumerate(points):
+        if not any(q["pass@k"] >= p["pass@k"] and q["#T"] <= p["#T"] and (q["pass@k"], q["#T"]) != (p["pass@k"], p["#T"])
+                   for q in points):
+            front.add(i)
+    return front
+
+
+def markdown(table: list[dict]) -> str:
+    front = pareto(table)
+    lines = ["| T | method | θ | prompts | pass@k | Δ vs parallel [95% CI] | cons@k | p@1 | #T | #S | capped | distinct | Pareto |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(table):
+        theta = "-" if r["theta"] is None else f"{r['theta']:g}"
+        delta = "{:+.3f} [{:+.3f}, {:+.3f}]".format(*r["delta"]) if "delta" in r else "-"
+        lines.append(f"| {r['T']:g} | {r['method']} | {theta} | {r['prompts']} | {r['pass@k']:.3f} | {delta} "
+                     f"| {r['cons@k']:.3f} | {r['p@1']:.3f} | {r['#T']:.0f} | {r['#S']:.2f} | {r['capped']:.0%} "
+                     f"| {r['distinct']:.2f} | {'★' if i in front else ''} |")
+    return "\n".join(lines)
+
+
+def plot(table: list[dict], path: Path, calibrated: dict[float, str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = pareto(table)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    curves: dict[tuple, list[int]] = {}
+    for i, r in enumerate(table):
+        fixed = r["theta"] is None or r["theta"] not in calibrated
+        curves.setdefault((r["method"], r["T"], fixed), []).append(i)
+    markers = {"parallel": "s", "eager-init": "o", "eager-adapt": "^", "eager": "D"}
+    for (method, temperature, fixed), idx in sorted(curves.items(), key=lambda kv: (kv[0][1], kv[0][0], not kv[0][2])):
+        idx.sort(key=lambda i: table[i]["#T"])
+        xs, ys = [table[i]["#T"] for i in idx], [table[i]["pass@k"] for i in idx]
+        label = f"{method} T={temperature:g}" + ("" if fixed else " auto θ")
+        style = "-" if fixed else ""
+        ax.plot(xs, ys, style, marker=markers.get(method, "o"), label=label, markersize=7 if fixed else 11)
+        for i in idx:
+            r = table[i]
+            tag = "" if r["theta"] is None else (f"{r['theta']:g}" if fixed else calibrated[r["theta"]])
+            ax.annotate(tag, (r["#T"], r["pass@k"]), textcoords="offset points", xytext=(4, 4), fontsize=6)
+    fx = sorted(front, key=lambda i: table[i]["#T"])
+    ax.plot([table[i]["#T"] for i in fx], [table[i]["pass@k"] for i in fx], ":", color="grey", label="Pareto front")
+    ax.set_xlabel("generated tokens per prompt (#T)")
+    ax.set_ylabel("pass@k (any)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dirs", nargs="+")
+    ap.add_argument("--plot", type=Path, default=None)
+    args = ap.parse_args()
+    table = rows(args.run_dirs)
+    print(markdown(table))
+    if args.plot:
+        calibrated = {}
+        for group in build_report(args.run_dirs):
+            for c in group.calibration:
+                calibrated[c["theta"]] = f"auto S={c['target']}" if c["mode"] == "auto" else c["spec"]
+        plot(table, args.plot, calibrated)
+        print(f"plot written to {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
