@@ -15,12 +15,15 @@ import pytest
 from cli_helpers import assert_one_line_error, eager
 from eager_local import calibration as C
 
-TINY = ["-M", "4", "-n", "24"]
-
-
 @pytest.fixture
 def env(tmp_path):
     return dict(os.environ, EAGER_LOCAL_HOME=str(tmp_path / "home"))
+
+
+@pytest.fixture
+def tiny(default_model_path):
+    """Small settings; the private home has no models, so the cached default GGUF is named (same sha256)."""
+    return ["-M", "4", "-n", "24", "--model", str(default_model_path)]
 
 
 def profile_path(env) -> Path:
@@ -32,14 +35,14 @@ def profile_file(env) -> dict:
     return json.loads(profile_path(env).read_text())
 
 
-def run_json(prompt, *options, env):
-    result = eager("run", prompt, *TINY, "--json", *options, env=env)
+def run_json(prompt, *options, env, tiny):
+    result = eager("run", prompt, *tiny, "--json", *options, env=env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout), result.stderr
 
 
-def test_run_theta_auto_calibrates_once_uses_the_profile_and_redoes_a_stale_one(env):
-    doc, err = run_json("What is 12 + 30?", "--theta", "auto", "-S", "2", env=env)
+def test_run_theta_auto_calibrates_once_uses_the_profile_and_redoes_a_stale_one(env, tiny):
+    doc, err = run_json("What is 12 + 30?", "--theta", "auto", "-S", "2", env=env, tiny=tiny)
     info = doc["theta"]
     assert info["mode"] == "auto" and info["target"] == 2 and info["calibrated_now"]
     assert "calibrating θ for task 'default'" in err and f"θ = {info['theta']:.3f} (auto: target 2 sequences per prompt" in err
@@ -51,11 +54,11 @@ def test_run_theta_auto_calibrates_once_uses_the_profile_and_redoes_a_stale_one(
     checked = [c for c in entry["checks"] if c["target"] == 2 and c["max_sequences"] == 4]
     assert checked and checked[0]["theta"] == pytest.approx(info["theta"])
 
-    again, err = run_json("What is 12 + 30?", "--theta", "auto", "-S", "2", env=env)
+    again, err = run_json("What is 12 + 30?", "--theta", "auto", "-S", "2", env=env, tiny=tiny)
     assert not again["theta"]["calibrated_now"] and again["theta"]["theta"] == info["theta"]
     assert "calibrating" not in err  # the profile was found
 
-    quantile, _ = run_json("What is 12 + 30?", "--theta", "q90", env=env)
+    quantile, _ = run_json("What is 12 + 30?", "--theta", "q90", env=env, tiny=tiny)
     assert quantile["theta"]["mode"] == "quantile" and not quantile["theta"]["calibrated_now"]
     assert quantile["theta"]["theta"] == pytest.approx(entry["quantiles"]["q90"], abs=1e-4)
 
@@ -64,15 +67,15 @@ def test_run_theta_auto_calibrates_once_uses_the_profile_and_redoes_a_stale_one(
     stale = json.loads(path.read_text())
     stale["version"] = C.PROFILE_VERSION - 1
     path.write_text(json.dumps(stale))
-    redone, _ = run_json("What is 12 + 30?", "--theta", "auto", "-S", "2", env=env)
+    redone, _ = run_json("What is 12 + 30?", "--theta", "auto", "-S", "2", env=env, tiny=tiny)
     assert redone["theta"]["calibrated_now"]
     assert profile_file(env)["version"] == C.PROFILE_VERSION
 
 
-def test_eval_theta_auto_pins_the_calibrated_theta_and_report_shows_the_target(env, tmp_path):
+def test_eval_theta_auto_pins_the_calibrated_theta_and_report_shows_the_target(env, tiny, tmp_path):
     out = tmp_path / "run"
     args = ["eval", "--dataset", "arith:3:0", "--method", "eager-init", "--theta", "auto,2.0", "-S", "2",
-            *TINY, "--no-progress", "--out", str(out)]
+            *tiny, "--no-progress", "--out", str(out)]
     first = eager(*args, env=env)
     assert first.returncode == 0, first.stderr
     manifest = json.loads((out / "manifest.json").read_text())
