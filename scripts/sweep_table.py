@@ -97,8 +97,8 @@ def plot(table: list[dict], path: Path, calibrated: dict[float, str]) -> None:
         idx.sort(key=lambda i: table[i]["#T"])
         xs, ys = [table[i]["#T"] for i in idx], [table[i]["pass@k"] for i in idx]
         label = f"{method} T={temperature:g}" + ("" if fixed else " auto θ")
-        style = "-" if fixed else ""
-        ax.plot(xs, ys, style, marker=markers.get(method, "o"), label=label, markersize=7 if fixed else 11)
+        ax.plot(xs, ys, linestyle="-" if fixed else "none", marker=markers.get(method, "o"), label=label,
+                markersize=7 if fixed else 11)
         for i in idx:
             r = table[i]
             tag = "" if r["theta"] is None else (f"{r['theta']:g}" if fixed else calibrated[r["theta"]])
