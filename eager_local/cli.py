@@ -80,10 +80,15 @@ def check_theta_options(opts: dict) -> None:
 
     kind, _ = parse_theta_spec(opts["theta"])
     if opts.get("target_sequences") is not None:
-        if opts["target_sequences"] < 1:
-            raise ConfigError(f"target-sequences must be >= 1, got {opts['target_sequences']}")
-        if kind != "auto":
-            raise ConfigError("--target-sequences goes with --theta auto")
+        check_target_sequences([opts["target_sequences"]], auto=kind == "auto")
+
+
+def check_target_sequences(targets: list[int], *, auto: bool) -> None:
+    """-S values (run/chat: one, eval: a list): at least 1, and only with --theta auto."""
+    if min(targets) < 1:
+        raise ConfigError(f"target-sequences must be >= 1, got {min(targets)}")
+    if not auto:
+        raise ConfigError("--target-sequences goes with --theta auto")
 
 
 def resolve_theta_option(opts: dict, runner, **hints) -> tuple[float, dict]:

@@ -38,10 +38,10 @@ def solved(records: dict[str, dict], ids: list[str]) -> list[float]:
     return [1.0 if any(s["correct"] for s in records[i]["sequences"]) else 0.0 for i in ids]
 
 
-def rows(run_dirs: list[str]) -> list[dict]:
-    """Every point of every directory; Δ pass@k against the first parallel point found (paired by prompt)."""
+def rows(groups) -> list[dict]:
+    """Every point of every group; Δ pass@k against the first parallel point found (paired by prompt)."""
     out = []
-    for group in build_report(run_dirs):
+    for group in groups:
         temperature = group.params["generation"]["temperature"]
         for row in group.rows:
             records = point_records(group.dirs[0], row["point"])
@@ -119,13 +119,12 @@ def main():
     ap.add_argument("run_dirs", nargs="+")
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args()
-    table = rows(args.run_dirs)
+    groups = build_report(args.run_dirs)
+    table = rows(groups)
     print(markdown(table))
     if args.plot:
-        calibrated = {}
-        for group in build_report(args.run_dirs):
-            for c in group.calibration:
-                calibrated[c["theta"]] = f"auto S={c['target']}" if c["mode"] == "auto" else c["spec"]
+        calibrated = {c["theta"]: f"auto S={c['target']}" if c["mode"] == "auto" else c["spec"]
+                      for group in groups for c in group.calibration}
         plot(table, args.plot, calibrated)
         print(f"plot written to {args.plot}")
 

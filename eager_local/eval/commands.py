@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..cli import config_options, describe_theta, generation_options, load_runner, user_errors
+from ..cli import (check_target_sequences, config_options, generation_options, load_runner, resolve_theta_option,
+                   user_errors)
 from . import store
 
 ALL_METHODS = ",".join(store.EVAL_METHODS)
@@ -68,19 +69,18 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
     theta_specs = parse_theta_specs(opts["theta"])
     ms = parse_list(opts["max_sequences"], int, "max-sequences")
     targets = parse_list(opts["target_sequences"], int, "target-sequences") if opts["target_sequences"] else None
+    fixed = [t for t in theta_specs if isinstance(t, float)]
     calibrated = [t for t in theta_specs if not isinstance(t, float)]
     if calibrated and len(ms) > 1:
         raise ValueError("--theta auto/qNN.N needs a single -M (the calibrated θ depends on it)")
-    if targets is not None and "auto" not in calibrated:
-        raise ValueError("--target-sequences goes with --theta auto")
-    if targets is not None and min(targets) < 1:
-        raise ValueError(f"target-sequences must be >= 1, got {min(targets)}")
+    if targets is not None:
+        check_target_sequences(targets, auto="auto" in calibrated)
     generation = config_options(opts)
     generation.pop("theta")
     generation.pop("max_sequences")
     sampling = SamplingParams(**{k: generation[k] for k in ("temperature", "top_k", "top_p", "min_p")})
     rest = {k: v for k, v in generation.items() if k not in ("temperature", "top_k", "top_p", "min_p")}
-    for theta in [t for t in theta_specs if isinstance(t, float)] or [DEFAULT_CHECK_THETA]:
+    for theta in fixed or [DEFAULT_CHECK_THETA]:
         for m in ms:
             GenerationConfig(method="eager-init", theta=theta, max_sequences=m, sampling=sampling, **rest).validate()
             if "eager-adapt" in method_list and PER_PROMPT_CAP["eager-adapt"] * m > MAX_SEQUENCES:
@@ -106,12 +106,12 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
     resolved = models.resolve(opts["model"])
     sha = model_sha256(resolved.path, resolved.sha256)
     runner = None
-    thetas = [t for t in theta_specs if isinstance(t, float)]
+    thetas = fixed
     calibration: list[dict] = []
     if calibrated:
         runner = load_runner({**opts, "model": str(resolved.path)})
         found, calibration = _calibrated_thetas(runner, calibrated, targets, ms[0], opts, template, dataset, everything)
-        thetas = dedupe(thetas + found)
+        thetas = dedupe(fixed + found)
     spec = EvalSpec(
         dataset=dataset,
         selection={"limit": limit, "offset": offset, "ids": id_list, "shuffle": shuffle, "seed": opts["seed"],
@@ -142,7 +142,6 @@ def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, da
     They become plain θs before the run is pinned in its manifest: a rerun that finds another
     profile (recalibrated after a change) gets another θ, and the manifest check refuses to mix them.
     """
-    from ..calibration import theta_from_options
     from .datasets import ARITH_NAME, BUILTIN_DATASETS
 
     family = dataset.lower().split(":")[0]
@@ -150,14 +149,12 @@ def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, da
     thetas, infos = [], []
     for spec in specs:
         for target in (targets or [None]) if spec == "auto" else [None]:
-            theta, info = theta_from_options(
+            theta, info = resolve_theta_option(
                 {**opts, "theta": spec, "max_sequences": max_sequences, "target_sequences": target}, runner,
                 prompt_template=template, dataset_hint=dataset,
                 # a user file's problems are read with the user's field names: hand them over
-                calibration_problems=None if builtin else [p.problem for p in everything],
-                log=lambda line: click.echo(line, err=True))
+                calibration_problems=None if builtin else [p.problem for p in everything])
             theta = round(theta, 3)
-            click.echo(f"θ = {theta:.3f} ({describe_theta(info)})", err=True)
             thetas.append(theta)
             infos.append({**info, "theta": theta})
     return thetas, infos
