@@ -663,14 +663,11 @@ def task_of_dataset(dataset: str | None) -> str:
     """The task a dataset spec calibrates: its family (gsm8k, arith for arith:N:SEED, a file's path)."""
     if not dataset:
         return DEFAULT_TASK
-    text = str(dataset).strip()
-    lower = text.lower()
-    if lower == "arith" or lower.startswith("arith:"):
-        return "arith"
-    from .eval.datasets import BUILTIN_DATASETS
+    from .eval.datasets import is_builtin
 
-    if lower in BUILTIN_DATASETS:
-        return lower
+    text = str(dataset).strip()
+    if is_builtin(text):
+        return text.lower().split(":")[0]  # arith:N:SEED:LEVELS -> arith
     return "file:" + str(Path(text).expanduser().resolve())
 
 

@@ -27,9 +27,10 @@ from .sampling import SamplingParams, sample_rows, sequence_rng
 
 METHODS = ("eager-init", "parallel")
 DEFAULT_KV_MEMORY = 2 << 30  # bytes of KV cache the engine allocates at most by default
-# New prompts are admitted while the batch has fewer live rows than this. In a unified KV cache every
-# row attends over all cells in use, so admitting every prompt at once made steps slower per token:
-# 16 prompts x 8 samples ran at 74 tokens/s, 4 at a time (32 rows) at 104 (docs/results.md).
+# New prompts are admitted while the rows the active prompts hold or are expected to grow to stay
+# under this. In a unified KV cache every row attends over all cells in use, so admitting every
+# prompt at once made steps slower per token: 16 prompts x 8 samples ran at 74 tokens/s, 4 at a time
+# (32 rows) at 104 (docs/results.md).
 DEFAULT_BATCH_ROWS = 32
 
 
@@ -45,6 +46,56 @@ def default_kv_memory() -> int:
         except (ValueError, OSError, AttributeError):
             return DEFAULT_KV_MEMORY
     return max(64 << 20, min(DEFAULT_KV_MEMORY, pages * os.sysconf("SC_PAGE_SIZE") // 4))
+
+
+@dataclass
+class StepStats:
+    """How full the step loop kept its batches. An Engine sums every call into `engine.stats`;
+    replace it with a fresh StepStats to measure one stretch of work."""
+
+    steps: int = 0
+    row_steps: int = 0  # rows decoded, summed over steps
+    prompt_steps: int = 0  # prompts active, summed over steps
+    peak_rows: int = 0
+    peak_prompts: int = 0
+
+    def record(self, rows: int, prompts: int) -> None:
+        self.steps += 1
+        self.row_steps += rows
+        self.prompt_steps += prompts
+        self.peak_rows = max(self.peak_rows, rows)
+        self.peak_prompts = max(self.peak_prompts, prompts)
+
+    def as_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "mean_rows": round(self.row_steps / self.steps, 2) if self.steps else 0.0,
+            "mean_prompts": round(self.prompt_steps / self.steps, 2) if self.steps else 0.0,
+            "peak_rows": self.peak_rows,
+            "peak_prompts": self.peak_prompts,
+        }
+
+
+class RowForecast:
+    """How many rows an EAGer prompt reaches at its widest, learnt while a call runs.
+
+    An EAGer prompt starts as one row; admitting by that first row let every prompt in and the
+    batch then branched far past the row limit (GSM8K: 32 prompts admitted, 3.4 sequences each).
+    The forecast is the mean peak of the prompts finished so far plus one pseudo-observation of
+    the cap M, so the first admissions are as cautious as parallel sampling and later ones follow
+    what the model actually does.
+    """
+
+    def __init__(self, prior: int):
+        self.total = float(prior)
+        self.count = 1
+
+    def observe(self, peak_rows: int) -> None:
+        self.total += peak_rows
+        self.count += 1
+
+    def rows(self, cap: int) -> float:
+        return min(float(cap), self.total / self.count)
 
 
 class ConfigError(ValueError):
@@ -131,6 +182,7 @@ class _PromptRun:
     steps_since_branch: int = 0
     prefill_id: int = -1  # llama id holding the prompt (becomes the first sequence's id)
     live: int = 0
+    peak_live: int = 0
     n_created: int = 0
     entropy_history: list[float] = field(default_factory=list)
 
@@ -154,12 +206,16 @@ class Engine:
         kv_memory: int | None = None,
         max_concurrent_prompts: int | None = None,
         max_batch_rows: int = DEFAULT_BATCH_ROWS,
+        forecast_rows: bool = True,
     ):
         self.model = model
         self.n_threads = n_threads
         self.kv_memory = kv_memory or default_kv_memory()
         self.max_concurrent_prompts = max_concurrent_prompts
         self.max_batch_rows = max_batch_rows
+        # False: count an EAGer prompt as its first row only (the old admission, kept for A/B runs)
+        self.forecast_rows = forecast_rows
+        self.stats = StepStats()
         self.context: Context | None = None
         self._pinned: set[int] = set()  # llama ids kept alive for the caller (chat branches)
 
@@ -327,11 +383,13 @@ class _StepLoop:
             ctx.drop(llama_id)
         self.free_ids.reverse()
         self.context_limit = self.model.n_ctx_train
+        self.forecast = RowForecast(prior=max((r.max_sequences or config.max_sequences) for r in requests))
 
     # main loop ----------------------------------------------------------------------------------
     def run(self) -> Iterator[T.Tree]:
         yield from self._admit()
         while self.rows:
+            self.engine.stats.record(len(self.rows), len(self.runs))
             logits = self._decode_step()
             yield from self._advance(logits)
             yield from self._admit()
@@ -345,8 +403,7 @@ class _StepLoop:
         while self.pending and len(self.runs) < self.concurrent and not self.budget.exhausted:
             request = self.pending.pop()
             cap = request.max_sequences or self.config.max_sequences
-            first_rows = cap if self.parallel else 1
-            batch_full = self.rows and len(self.rows) + first_rows > self.engine.max_batch_rows
+            batch_full = self.runs and self._reserved_rows() + self._expected_rows(cap) > self.engine.max_batch_rows
             if len(self.free_ids) < cap or batch_full:
                 self.pending.append(request)
                 break
@@ -383,6 +440,20 @@ class _StepLoop:
                     self.ctx.fork(root.llama_id, row.llama_id)
                     row.fresh_logits = first_logits
 
+    def _expected_rows(self, cap: int, run: _PromptRun | None = None) -> float:
+        """Rows a prompt is expected to hold at its widest: M for parallel, the forecast for EAGer."""
+        if self.parallel:
+            return cap if run is None else run.live
+        if run is not None and not run.branching_open:
+            return run.live  # it will not grow any more
+        if not self.engine.forecast_rows:
+            return 1 if run is None else run.live
+        expected = self.forecast.rows(cap)
+        return expected if run is None else max(run.live, expected)
+
+    def _reserved_rows(self) -> float:
+        return sum(self._expected_rows(run.cap, run) for run in self.runs)
+
     def _prefill(self, run: _PromptRun) -> np.ndarray:
         request = run.request
         llama_id = run.prefill_id = run.free_ids[-1]
@@ -404,6 +475,7 @@ class _StepLoop:
         rng = sequence_rng(self.config.seed, run.request.index, run.n_created)
         run.n_created += 1
         run.live += 1
+        run.peak_live = max(run.peak_live, run.live)
         row = _Row(seq=seq, run=run, llama_id=llama_id, rng=rng)
         self.rows.append(row)
         return row
@@ -581,6 +653,8 @@ class _StepLoop:
         for run in done:
             self.runs.remove(run)
             self._release_ids(run)
+            if not self.parallel:
+                self.forecast.observe(run.peak_live)
             yield self._finalize(run)
 
     def _release_ids(self, run: _PromptRun) -> None:

@@ -103,7 +103,7 @@ def summarise(args, problems, server_stats) -> str:
     server_list = [server_records[i] for i in ids]
     # (system, method, records, peak MB, elapsed seconds for all prompts)
     systems = [("llama-server", "parallel", server_list, server_stats.get("peak_mb"),
-                sum(r["wall_time"] for r in server_list))]
+                sum(r["wall_time"] for r in server_list), None)]
     run_dir = Path(args.out) / "eager_local"
     for method in args.methods.split(","):
         point = store.Point(method, None if method == store.PARALLEL else float(args.theta), args.max_sequences)
@@ -114,10 +114,13 @@ def summarise(args, problems, server_stats) -> str:
         if point.reallocates:  # adapt/full EAGer spend the EAGer-init pass first
             wall = stats.get("total_wall_time") or wall + (
                 store.read_json(run_dir / point.init_point().stats_file) or {}).get("wall_time", 0.0)
-        systems.append(("eager_local", method, [records[i] for i in ids], stats.get("peak_rss_mb"), wall))
+        # Mean rows per decode step: how full the batches were (the EAGer-init pass for adapt/full).
+        shape = stats if not point.reallocates else store.read_json(run_dir / point.init_point().stats_file) or {}
+        rows_per_step = (shape.get("batches") or {}).get("mean_rows")
+        systems.append(("eager_local", method, [records[i] for i in ids], stats.get("peak_rss_mb"), wall, rows_per_step))
 
     rows = []
-    for system, method, records, peak, wall in systems:
+    for system, method, records, peak, wall, rows_per_step in systems:
         per_prompt = [
             prompt_metrics([s["correct"] for s in r["sequences"]], [s["answer"] for s in r["sequences"]],
                            r["reference"], r["kind"], r["#T"])
@@ -129,6 +132,7 @@ def summarise(args, problems, server_stats) -> str:
             "system": system, "method": method, "pass@k": agg["pass@k"], "cons@k": agg["cons@k"],
             "p@1": agg["p@1"], "#T": tokens / len(records), "#S": agg["#S"], "wall_per_prompt": wall / len(records),
             "tokens_per_s": tokens / wall if wall else 0.0, "peak_mb": peak,
+            "rows_per_step": rows_per_step,
             "any": [1.0 if any(s["correct"] for s in r["sequences"]) else 0.0 for r in records],
         })
     base = rows[0]
@@ -139,17 +143,18 @@ def summarise(args, problems, server_stats) -> str:
         f"resumed from an earlier one: {server_stats.get('resumed', 0)}",
         "",
         "| system | method | pass@k | Δ pass@k vs server [95% CI] | cons@k | p@1 | tokens/prompt | wall s/prompt "
-        "| tokens/s | peak MB | tokens ÷ server | wall ÷ server | tokens/s ÷ server |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| tokens/s | rows/step | peak MB | tokens ÷ server | wall ÷ server | tokens/s ÷ server |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         low, high = paired_bootstrap(row["any"], base["any"])
         diff = sum(row["any"]) / len(row["any"]) - sum(base["any"]) / len(base["any"])
         peak = f"{row['peak_mb']:.0f}" if row["peak_mb"] else "n/a"
+        rows_per_step = f"{row['rows_per_step']:.1f}" if row["rows_per_step"] else "n/a"
         lines.append(
             f"| {row['system']} | {row['method']} | {row['pass@k']:.3f} | {diff:+.3f} [{low:+.3f}, {high:+.3f}] "
             f"| {row['cons@k']:.3f} | {row['p@1']:.3f} | {row['#T']:.0f} | {row['wall_per_prompt']:.2f} "
-            f"| {row['tokens_per_s']:.1f} | {peak} | {row['#T'] / base['#T']:.2f} "
+            f"| {row['tokens_per_s']:.1f} | {rows_per_step} | {peak} | {row['#T'] / base['#T']:.2f} "
             f"| {row['wall_per_prompt'] / base['wall_per_prompt']:.2f} | {row['tokens_per_s'] / base['tokens_per_s']:.2f} |"
         )
     return "\n".join(lines)

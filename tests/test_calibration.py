@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,6 +141,8 @@ def test_task_of_dataset():
     assert C.task_of_dataset(None) == "default"
     assert C.task_of_dataset("arith:20:1") == C.task_of_dataset("arith") == "arith"
     assert C.task_of_dataset("GSM8K") == "gsm8k"
+    assert C.task_of_dataset("arith:8:0:1-2") == "arith"
+    assert C.task_of_dataset("my.jsonl") == "file:" + str(Path("my.jsonl").resolve())
 
 
 # --- profiles on disk ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from eager_local.eval.datasets import (
     DatasetError,
     Problem,
     arith_problems,
+    is_builtin,
     load_dataset,
     parse_shard,
     select,
@@ -60,6 +61,11 @@ def test_builtin_datasets_load(name, count, kind, spot_id, spot_answer):
     assert len(by_id) == count
     assert by_id[spot_id].answer == spot_answer
     assert all(p.problem.strip() for p in problems)
+
+
+def test_is_builtin_names_shipped_sets_and_arith_specs_only():
+    assert all(is_builtin(n) for n in ("gsm8k", "MATH500", "arith", "arith:8:0:1-2"))
+    assert not any(is_builtin(n) for n in ("gsm8k:3", "arithmetic.jsonl", "problems.jsonl"))
 
 
 def test_builtin_names_are_case_insensitive():

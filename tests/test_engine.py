@@ -9,7 +9,7 @@ import pytest
 
 from eager_local import tree as T
 from eager_local.budget import TokenBudget
-from eager_local.engine import ConfigError, Engine, Request
+from eager_local.engine import ConfigError, Engine, Request, RowForecast
 from eager_local.entropy import top_k_entropy
 from eager_local.llama import Context, ContextSize
 
@@ -274,3 +274,38 @@ def test_new_prompts_wait_while_the_batch_is_full(llm, monkeypatch):
     step_widths = [w for w in widths if w not in prompt_lengths]  # leave out the prefills
     assert max(step_widths) <= 8  # two prompts of four rows at a time, never all six
     assert 8 in step_widths
+
+
+@pytest.mark.parametrize("forecast", [True, False])
+def test_eager_prompts_are_admitted_by_the_rows_they_grow_to(llm, monkeypatch, forecast):
+    """An EAGer prompt starts as one row but branches: admission counts the rows it is expected
+    to reach (at first M, then the mean peak of finished prompts), not its first row."""
+    widths = []
+    original = Context.decode
+
+    def observed(self, tokens, positions, seq_ids, want_logits):
+        widths.append(len(tokens))
+        return original(self, tokens, positions, seq_ids, want_logits)
+
+    monkeypatch.setattr(Context, "decode", observed)
+    engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8, forecast_rows=forecast)
+    prompts = [f"What is {a} + {a}?" for a in range(2, 8)]
+    config = llm.config(theta=0.0, max_sequences=4, max_new_tokens=12)  # θ = 0: every prompt reaches 4
+    trees = engine.generate(requests_for(llm, prompts), config)
+    engine.reset()
+    assert all(len(t.sequences) == 4 for t in trees)
+    prompt_lengths = {len(r.tokens) for r in requests_for(llm, prompts)}
+    step_widths = [w for w in widths if w not in prompt_lengths]
+    assert engine.stats.peak_rows >= max(step_widths) and engine.stats.steps >= len(step_widths)
+    if forecast:
+        assert engine.stats.peak_rows <= 8 and engine.stats.peak_prompts == 2
+    else:  # the old rule: all six admitted as one row each, then 24 rows
+        assert max(step_widths) > 8 and engine.stats.peak_prompts == 6
+
+
+def test_row_forecast_starts_at_the_cap_and_follows_finished_prompts():
+    forecast = RowForecast(prior=8)
+    assert forecast.rows(8) == 8 and forecast.rows(3) == 3
+    for peak in (2, 2, 2):
+        forecast.observe(peak)
+    assert forecast.rows(8) == pytest.approx((8 + 6) / 4)

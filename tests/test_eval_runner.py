@@ -87,6 +87,10 @@ def test_run_dir_contents(full_run, default_model_path, toy_file):
                 assert s["answer"] == extract_answer(s["text"], "numeric")
                 assert s["correct"] == is_correct(s["answer"], rec["reference"], "numeric")
             assert rec["entropy"]["max"] is None or 0 <= rec["entropy"]["mean"] <= rec["entropy"]["max"] <= 3.0
+    for name in ("parallel_M4", "eager-init_theta2.5_M4"):  # how full the batches were, per point
+        batches = json.loads((full_run / f"{name}.stats.json").read_text())["batches"]
+        assert batches["steps"] >= 32 and 1 <= batches["mean_rows"] <= batches["peak_rows"] <= 32
+        assert 1 <= batches["mean_prompts"] <= batches["peak_prompts"] <= len(TOY)
     assert all(r["#S"] == 4 and r["events"] == [] for r in records(full_run, "parallel_M4"))
     for rec in records(full_run, "eager-init_theta2.5_M4"):
         assert 1 <= rec["#S"] <= 4 and len(rec["events"]) == rec["#S"] - 1  # one branch, one sequence

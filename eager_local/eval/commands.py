@@ -142,10 +142,9 @@ def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, da
     They become plain θs before the run is pinned in its manifest: a rerun that finds another
     profile (recalibrated after a change) gets another θ, and the manifest check refuses to mix them.
     """
-    from .datasets import ARITH_NAME, BUILTIN_DATASETS
+    from .datasets import is_builtin
 
-    family = dataset.lower().split(":")[0]
-    builtin = family in BUILTIN_DATASETS or family == ARITH_NAME
+    builtin = is_builtin(dataset)
     thetas, infos = [], []
     for spec in specs:
         for target in (targets or [None]) if spec == "auto" else [None]:

@@ -62,6 +62,12 @@ class Problem:
 # --------------------------------------------------------------------------------------------
 
 
+def is_builtin(spec: str) -> bool:
+    """A shipped dataset (gsm8k, math500, …) or the generated arithmetic set; else a user file."""
+    lower = str(spec).strip().lower()
+    return lower in BUILTIN_DATASETS or lower == ARITH_NAME or lower.startswith(ARITH_NAME + ":")
+
+
 def load_dataset(
     name_or_path: str | Path,
     *,
@@ -80,11 +86,8 @@ def load_dataset(
     if kind not in ANSWER_KINDS:
         raise DatasetError(f"unknown answer kind {kind!r} (expected one of: {', '.join(ANSWER_KINDS)})")
     name = str(name_or_path)
-    if not isinstance(name_or_path, Path):
-        if name.lower() in BUILTIN_DATASETS:
-            return _load_builtin(name.lower())
-        if name.lower() == ARITH_NAME or name.lower().startswith(ARITH_NAME + ":"):
-            return _load_arith_spec(name)
+    if not isinstance(name_or_path, Path) and is_builtin(name):
+        return _load_builtin(name.lower()) if name.lower() in BUILTIN_DATASETS else _load_arith_spec(name)
     return _load_user_file(
         Path(name_or_path),
         problem_field=problem_field,

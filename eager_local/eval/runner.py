@@ -476,7 +476,7 @@ class Evaluation:
 
     def run_point(self, point: Point) -> None:
         """Full parallel sampling or EAGer-init over every prompt not yet on disk, in one stream."""
-        from ..engine import Request
+        from ..engine import Request, StepStats
 
         path = self.out / point.records_file
         done = {r["id"] for r in store.read_records(path, repair=True)}
@@ -494,15 +494,17 @@ class Evaluation:
             Request(tokens=self.prompt_tokens(slot), text=self.problems[slot].problem, index=self.positions[slot])
             for slot in todo
         ]
+        engine = self.runner.engine
+        engine.stats = StepStats()  # how full the batches were: this session's share of the point
         with store.RecordWriter(path) as writer, self._bar(point.name, len(self.problems), len(done)) as bar:
-            for tree in self.runner.engine.stream(requests, config, budget=self.budget, on_token=bar.on_token):
+            for tree in engine.stream(requests, config, budget=self.budget, on_token=bar.on_token):
                 slot = by_index[tree.index]
                 record = make_record(self.problems[slot], self.positions[slot], tree, point)
                 writer.append(record)
                 done.add(record["id"])
                 bar.prompt_done(record)
-                stats.save(records=len(done))
-        stats.save(complete=True, records=len(done))
+                stats.save(records=len(done), batches=engine.stats.as_dict())
+        stats.save(complete=True, records=len(done), batches=engine.stats.as_dict())
 
     def run_reallocation(self, point: Point) -> None:
         """EAGer-adapt or full EAGer: extra EAGer-init runs planned from the init point, then merge."""

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""EAGer admission A/B: admit a prompt by the rows it is expected to grow to, or by its first row.
+
+    python scripts/bench_admission.py --dataset gsm8k --limit 32 -M 8 --theta 2.6 -n 192
+
+An EAGer prompt starts as one row and branches later. Admitting it by that first row lets every
+prompt in at once; the batch then grows far past the row limit, and in a unified KV cache every
+row attends over every cell in use. The engine now counts an EAGer prompt as the rows it is
+expected to reach (`RowForecast`). This script runs EAGer-init on the same prompts with both rules,
+in one process, alternating A B B A so drift on a shared machine falls on both, and prints tokens/s
+with the batch shape (rows and prompts per step) that explains it. Same seeds: the samples differ
+only where batch composition changes floating-point rounding.
+
+Run it alone: llama.cpp's threads spin, so a second heavy process makes the numbers garbage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from eager_local.api import EagerLocal
+from eager_local.engine import Request, StepStats
+from eager_local.eval.datasets import load_dataset, select
+from eager_local.eval.grading import extract_answer, is_correct
+from eager_local.eval.prompting import load_template, render
+
+RULES = {"forecast": True, "first-row": False}
+
+
+def run_once(llm, requests, problems, config, forecast: bool) -> dict:
+    engine = llm.engine
+    engine.forecast_rows = forecast
+    engine.stats = StepStats()
+    start = time.perf_counter()
+    trees = engine.generate(requests, config)
+    wall = time.perf_counter() - start
+    solved = 0
+    for tree, problem in zip(trees, problems):
+        answers = [extract_answer(s.text, problem.kind) for s in tree.sequences]
+        solved += any(is_correct(a, problem.answer, problem.kind) for a in answers)
+    tokens = sum(t.generated_tokens for t in trees)
+    return {
+        "wall": wall, "tokens": tokens, "tokens_per_s": tokens / wall, "solved": solved,
+        "sequences": sum(len(t.sequences) for t in trees) / len(trees), **engine.stats.as_dict(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--dataset", default="gsm8k")
+    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=32)
+    ap.add_argument("-M", "--max-sequences", type=int, default=8)
+    ap.add_argument("-n", "--max-new-tokens", type=int, default=192)
+    ap.add_argument("-t", "--temperature", type=float, default=0.6)
+    ap.add_argument("--theta", type=float, default=2.6)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-template", default=None)
+    ap.add_argument("--order", default="forecast,first-row,first-row,forecast",
+                    help="rules to run, in order (default A B B A)")
+    args = ap.parse_args()
+
+    problems = select(load_dataset(args.dataset), offset=args.offset, limit=args.limit)
+    llm = EagerLocal(args.model, threads=args.threads)
+    template = load_template(args.prompt_template)
+    requests = [
+        Request(tokens=llm.prompt_tokens(render(template, p.problem)), text=p.problem, index=i)
+        for i, p in enumerate(problems)
+    ]
+    config = llm.config(method="eager-init", theta=args.theta, max_sequences=args.max_sequences,
+                        max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    print(f"{len(problems)} problems from {args.dataset} · EAGer-init θ = {args.theta} · M = {args.max_sequences} · "
+          f"max {args.max_new_tokens} new tokens · T = {args.temperature} · {args.threads} threads · "
+          f"batch row limit {llm.engine.max_batch_rows}", flush=True)
+    print("\n| # | admission | wall s | tokens | tokens/s | solved | #S | rows/step | prompts/step | peak rows | peak prompts |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    results: dict[str, list[dict]] = {rule: [] for rule in RULES}
+    for i, rule in enumerate(args.order.split(","), 1):
+        if rule not in RULES:
+            ap.error(f"unknown admission rule {rule!r}; choose from {', '.join(RULES)}")
+        r = run_once(llm, requests, problems, config, RULES[rule])
+        results[rule].append(r)
+        print(f"| {i} | {rule} | {r['wall']:.1f} | {r['tokens']} | {r['tokens_per_s']:.1f} | {r['solved']} "
+              f"| {r['sequences']:.2f} | {r['mean_rows']:.1f} | {r['mean_prompts']:.1f} | {r['peak_rows']} "
+              f"| {r['peak_prompts']} |", flush=True)
+    if all(results.values()):
+        rate = {rule: sum(r["tokens"] for r in rs) / sum(r["wall"] for r in rs) for rule, rs in results.items()}
+        print(f"\ntokens/s over all runs of each rule: forecast {rate['forecast']:.1f}, first-row "
+              f"{rate['first-row']:.1f} → forecast ÷ first-row = {rate['forecast'] / rate['first-row']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
