@@ -254,8 +254,11 @@ def test_a_request_may_raise_its_own_cap(llm, arith_prompt):
     assert tree.started and len(tree.sequences) == 6
 
 
-def test_new_prompts_wait_while_the_batch_is_full(llm, monkeypatch):
-    """Admission stops at max_batch_rows live rows (unified-KV attention grows with rows x cells)."""
+SIX_PROMPTS = [f"What is {a} + {a}?" for a in range(2, 8)]
+
+
+def step_widths_of(llm, monkeypatch, engine, config) -> tuple[list, list[int]]:
+    """Generate for SIX_PROMPTS; the trees and the number of rows of every decode step (prefills left out)."""
     widths = []
     original = Context.decode
 
@@ -264,14 +267,19 @@ def test_new_prompts_wait_while_the_batch_is_full(llm, monkeypatch):
         return original(self, tokens, positions, seq_ids, want_logits)
 
     monkeypatch.setattr(Context, "decode", observed)
-    engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8)
-    prompts = [f"What is {a} + {a}?" for a in range(2, 8)]
-    config = llm.config(method="parallel", max_sequences=4, max_new_tokens=12)
-    trees = engine.generate(requests_for(llm, prompts), config)
+    requests = requests_for(llm, SIX_PROMPTS)
+    trees = engine.generate(requests, config)
     engine.reset()
+    prompt_lengths = {len(r.tokens) for r in requests}
+    return trees, [w for w in widths if w not in prompt_lengths]
+
+
+def test_new_prompts_wait_while_the_batch_is_full(llm, monkeypatch):
+    """Admission stops at max_batch_rows live rows (unified-KV attention grows with rows x cells)."""
+    engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8)
+    config = llm.config(method="parallel", max_sequences=4, max_new_tokens=12)
+    trees, step_widths = step_widths_of(llm, monkeypatch, engine, config)
     assert all(len(t.sequences) == 4 for t in trees)
-    prompt_lengths = {len(r.tokens) for r in requests_for(llm, prompts)}
-    step_widths = [w for w in widths if w not in prompt_lengths]  # leave out the prefills
     assert max(step_widths) <= 8  # two prompts of four rows at a time, never all six
     assert 8 in step_widths
 
@@ -280,22 +288,10 @@ def test_new_prompts_wait_while_the_batch_is_full(llm, monkeypatch):
 def test_eager_prompts_are_admitted_by_the_rows_they_grow_to(llm, monkeypatch, forecast):
     """An EAGer prompt starts as one row but branches: admission counts the rows it is expected
     to reach (at first M, then the mean peak of finished prompts), not its first row."""
-    widths = []
-    original = Context.decode
-
-    def observed(self, tokens, positions, seq_ids, want_logits):
-        widths.append(len(tokens))
-        return original(self, tokens, positions, seq_ids, want_logits)
-
-    monkeypatch.setattr(Context, "decode", observed)
     engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8, forecast_rows=forecast)
-    prompts = [f"What is {a} + {a}?" for a in range(2, 8)]
     config = llm.config(theta=0.0, max_sequences=4, max_new_tokens=12)  # θ = 0: every prompt reaches 4
-    trees = engine.generate(requests_for(llm, prompts), config)
-    engine.reset()
+    trees, step_widths = step_widths_of(llm, monkeypatch, engine, config)
     assert all(len(t.sequences) == 4 for t in trees)
-    prompt_lengths = {len(r.tokens) for r in requests_for(llm, prompts)}
-    step_widths = [w for w in widths if w not in prompt_lengths]
     assert engine.stats.peak_rows >= max(step_widths) and engine.stats.steps >= len(step_widths)
     if forecast:
         assert engine.stats.peak_rows <= 8 and engine.stats.peak_prompts == 2
