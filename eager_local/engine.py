@@ -27,8 +27,8 @@ from .sampling import SamplingParams, sample_rows, sequence_rng
 
 METHODS = ("eager-init", "parallel")
 DEFAULT_KV_MEMORY = 2 << 30  # bytes of KV cache the engine allocates at most by default
-# New prompts are admitted while the rows the active prompts hold or are expected to grow to stay
-# under this. In a unified KV cache every row attends over all cells in use, so admitting every
+# New prompts are admitted while the rows the active prompts hold or are expected to hold stay under
+# this (a soft limit: EAGer prompts may outgrow their forecast). In a unified KV cache every row attends over all cells in use, so admitting every
 # prompt at once made steps slower per token: 16 prompts x 8 samples ran at 74 tokens/s, 4 at a time
 # (32 rows) at 104 (docs/results.md).
 DEFAULT_BATCH_ROWS = 32
@@ -76,25 +76,34 @@ class StepStats:
         }
 
 
-class RowForecast:
-    """How many rows an EAGer prompt reaches at its widest, learnt while a call runs.
+# How an EAGer prompt is counted when deciding whether another prompt fits in the batch.
+ADMISSION_RULES = ("peak", "mean", "first-row")
 
-    An EAGer prompt starts as one row; admitting by that first row let every prompt in and the
-    batch then branched far past the row limit (GSM8K: 32 prompts admitted, 3.4 sequences each).
-    The forecast is the mean peak of the prompts finished so far plus one pseudo-observation of
-    the cap M, so the first admissions are as cautious as parallel sampling and later ones follow
-    what the model actually does.
+
+class RowForecast:
+    """How many rows an EAGer prompt will hold, learnt while a call runs.
+
+    An EAGer prompt starts as one row; admitting by that first row ("first-row") let every prompt
+    in and the batch then branched far past the row limit (GSM8K: 32 prompts admitted, 3.4
+    sequences each, 74 rows per step on average). "peak" counts the mean widest point of the
+    prompts finished so far, "mean" their mean width over their lifetime. Both start from one
+    pseudo-observation halfway between one row and the cap M (before any prompt has finished, that
+    is all the engine knows), and later ones follow what the model actually does. (Starting from M
+    admitted only 4 of the 8 prompts of a calibration check, which then ran in two waves.)
     """
 
-    def __init__(self, prior: int):
-        self.total = float(prior)
+    def __init__(self, cap: int, rule: str = "peak"):
+        self.rule = rule
+        self.total = (1 + cap) / 2
         self.count = 1
 
-    def observe(self, peak_rows: int) -> None:
-        self.total += peak_rows
+    def observe(self, peak_rows: int, mean_rows: float) -> None:
+        self.total += peak_rows if self.rule == "peak" else mean_rows
         self.count += 1
 
     def rows(self, cap: int) -> float:
+        if self.rule == "first-row":
+            return 1.0
         return min(float(cap), self.total / self.count)
 
 
@@ -183,6 +192,7 @@ class _PromptRun:
     prefill_id: int = -1  # llama id holding the prompt (becomes the first sequence's id)
     live: int = 0
     peak_live: int = 0
+    row_steps: int = 0  # live rows summed over the prompt's steps: its mean width
     n_created: int = 0
     entropy_history: list[float] = field(default_factory=list)
 
@@ -206,15 +216,16 @@ class Engine:
         kv_memory: int | None = None,
         max_concurrent_prompts: int | None = None,
         max_batch_rows: int = DEFAULT_BATCH_ROWS,
-        forecast_rows: bool = True,
+        admission: str = "peak",
     ):
         self.model = model
         self.n_threads = n_threads
         self.kv_memory = kv_memory or default_kv_memory()
         self.max_concurrent_prompts = max_concurrent_prompts
         self.max_batch_rows = max_batch_rows
-        # False: count an EAGer prompt as its first row only (the old admission, kept for A/B runs)
-        self.forecast_rows = forecast_rows
+        if admission not in ADMISSION_RULES:
+            raise ConfigError(f"unknown admission rule {admission!r}; choose from {', '.join(ADMISSION_RULES)}")
+        self.admission = admission  # "first-row" is the old rule, kept for A/B runs
         self.stats = StepStats()
         self.context: Context | None = None
         self._pinned: set[int] = set()  # llama ids kept alive for the caller (chat branches)
@@ -383,7 +394,7 @@ class _StepLoop:
             ctx.drop(llama_id)
         self.free_ids.reverse()
         self.context_limit = self.model.n_ctx_train
-        self.forecast = RowForecast(prior=max((r.max_sequences or config.max_sequences) for r in requests))
+        self.forecast = RowForecast(max((r.max_sequences or config.max_sequences) for r in requests), engine.admission)
 
     # main loop ----------------------------------------------------------------------------------
     def run(self) -> Iterator[T.Tree]:
@@ -441,13 +452,11 @@ class _StepLoop:
                     row.fresh_logits = first_logits
 
     def _expected_rows(self, cap: int, run: _PromptRun | None = None) -> float:
-        """Rows a prompt is expected to hold at its widest: M for parallel, the forecast for EAGer."""
+        """Rows a prompt is expected to hold: M for parallel, the forecast for EAGer."""
         if self.parallel:
             return cap if run is None else run.live
         if run is not None and not run.branching_open:
             return run.live  # it will not grow any more
-        if not self.engine.forecast_rows:
-            return 1 if run is None else run.live
         expected = self.forecast.rows(cap)
         return expected if run is None else max(run.live, expected)
 
@@ -581,6 +590,7 @@ class _StepLoop:
 
         for run in self.runs:
             run.tree.steps += 1
+            run.row_steps += run.live
             if not run.branching_open:
                 continue
             if id(run) in branched_runs:
@@ -654,7 +664,7 @@ class _StepLoop:
             self.runs.remove(run)
             self._release_ids(run)
             if not self.parallel:
-                self.forecast.observe(run.peak_live)
+                self.forecast.observe(run.peak_live, run.row_steps / max(1, run.tree.steps))
             yield self._finalize(run)
 
     def _release_ids(self, run: _PromptRun) -> None:

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""EAGer admission A/B: admit a prompt by the rows it is expected to grow to, or by its first row.
+"""EAGer admission A/B: admit a prompt by the rows it is expected to hold, or by its first row.
 
     python scripts/bench_admission.py --dataset gsm8k --limit 32 -M 8 --theta 2.6 -n 192
 
 An EAGer prompt starts as one row and branches later. Admitting it by that first row lets every
 prompt in at once; the batch then grows far past the row limit, and in a unified KV cache every
-row attends over every cell in use. The engine now counts an EAGer prompt as the rows it is
-expected to reach (`RowForecast`). This script runs EAGer-init on the same prompts with both rules,
-in one process, alternating A B B A so drift on a shared machine falls on both, and prints tokens/s
-with the batch shape (rows and prompts per step) that explains it. Same seeds: the samples differ
-only where batch composition changes floating-point rounding.
+row attends over every cell in use. The engine counts an EAGer prompt as the rows it is expected
+to hold (`RowForecast`). This script runs EAGer-init on the same prompts under two or more
+admission rules (`engine.ADMISSION_RULES`: peak, mean, first-row) in one process, alternating
+A B B A so drift on a shared machine falls on both, and prints tokens/s with the batch shape (rows
+and prompts per step) that explains it. Same seeds: the samples differ only where batch composition
+changes floating-point rounding and that flips a branch decision.
 
 Run it alone: llama.cpp's threads spin, so a second heavy process makes the numbers garbage.
 """
@@ -20,17 +21,14 @@ import argparse
 import time
 
 from eager_local.api import EagerLocal
-from eager_local.engine import Request, StepStats
+from eager_local.engine import ADMISSION_RULES, Request, StepStats
 from eager_local.eval.datasets import load_dataset, select
 from eager_local.eval.grading import extract_answer, is_correct
 from eager_local.eval.prompting import load_template, render
 
-RULES = {"forecast": True, "first-row": False}
-
-
-def run_once(llm, requests, problems, config, forecast: bool) -> dict:
+def run_once(llm, requests, problems, config, rule: str) -> dict:
     engine = llm.engine
-    engine.forecast_rows = forecast
+    engine.admission = rule
     engine.stats = StepStats()
     start = time.perf_counter()
     trees = engine.generate(requests, config)
@@ -58,8 +56,8 @@ def main() -> None:
     ap.add_argument("--theta", type=float, default=2.6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-template", default=None)
-    ap.add_argument("--order", default="forecast,first-row,first-row,forecast",
-                    help="rules to run, in order (default A B B A)")
+    ap.add_argument("--order", default="peak,first-row,first-row,peak",
+                    help=f"admission rules to run, in order (default A B B A; rules: {', '.join(ADMISSION_RULES)})")
     args = ap.parse_args()
 
     problems = select(load_dataset(args.dataset), offset=args.offset, limit=args.limit)
@@ -76,19 +74,21 @@ def main() -> None:
           f"batch row limit {llm.engine.max_batch_rows}", flush=True)
     print("\n| # | admission | wall s | tokens | tokens/s | solved | #S | rows/step | prompts/step | peak rows | peak prompts |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    results: dict[str, list[dict]] = {rule: [] for rule in RULES}
-    for i, rule in enumerate(args.order.split(","), 1):
-        if rule not in RULES:
-            ap.error(f"unknown admission rule {rule!r}; choose from {', '.join(RULES)}")
-        r = run_once(llm, requests, problems, config, RULES[rule])
+    order = args.order.split(",")
+    for rule in order:
+        if rule not in ADMISSION_RULES:
+            ap.error(f"unknown admission rule {rule!r}; choose from {', '.join(ADMISSION_RULES)}")
+    results: dict[str, list[dict]] = {rule: [] for rule in order}
+    for i, rule in enumerate(order, 1):
+        r = run_once(llm, requests, problems, config, rule)
         results[rule].append(r)
         print(f"| {i} | {rule} | {r['wall']:.1f} | {r['tokens']} | {r['tokens_per_s']:.1f} | {r['solved']} "
               f"| {r['sequences']:.2f} | {r['mean_rows']:.1f} | {r['mean_prompts']:.1f} | {r['peak_rows']} "
               f"| {r['peak_prompts']} |", flush=True)
-    if all(results.values()):
-        rate = {rule: sum(r["tokens"] for r in rs) / sum(r["wall"] for r in rs) for rule, rs in results.items()}
-        print(f"\ntokens/s over all runs of each rule: forecast {rate['forecast']:.1f}, first-row "
-              f"{rate['first-row']:.1f} → forecast ÷ first-row = {rate['forecast'] / rate['first-row']:.2f}")
+    rate = {rule: sum(r["tokens"] for r in rs) / sum(r["wall"] for r in rs) for rule, rs in results.items()}
+    base = order[-1] if order[-1] != order[0] else next((r for r in order if r != order[0]), order[0])
+    print("\ntokens/s over all runs of each rule: " + ", ".join(
+        f"{rule} {value:.1f} ({value / rate[base]:.2f} × {base})" for rule, value in rate.items()))
 
 
 if __name__ == "__main__":

@@ -284,24 +284,32 @@ def test_new_prompts_wait_while_the_batch_is_full(llm, monkeypatch):
     assert 8 in step_widths
 
 
-@pytest.mark.parametrize("forecast", [True, False])
-def test_eager_prompts_are_admitted_by_the_rows_they_grow_to(llm, monkeypatch, forecast):
+@pytest.mark.parametrize("rule", ["peak", "mean", "first-row"])
+def test_eager_prompts_are_admitted_by_the_rows_they_grow_to(llm, monkeypatch, rule):
     """An EAGer prompt starts as one row but branches: admission counts the rows it is expected
-    to reach (at first M, then the mean peak of finished prompts), not its first row."""
-    engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8, forecast_rows=forecast)
+    to hold (at first M, then learnt from finished prompts), not its first row."""
+    engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8, admission=rule)
     config = llm.config(theta=0.0, max_sequences=4, max_new_tokens=12)  # θ = 0: every prompt reaches 4
     trees, step_widths = step_widths_of(llm, monkeypatch, engine, config)
     assert all(len(t.sequences) == 4 for t in trees)
     assert engine.stats.peak_rows >= max(step_widths) and engine.stats.steps >= len(step_widths)
-    if forecast:
-        assert engine.stats.peak_rows <= 8 and engine.stats.peak_prompts == 2
-    else:  # the old rule: all six admitted as one row each, then 24 rows
-        assert max(step_widths) > 8 and engine.stats.peak_prompts == 6
+    if rule == "first-row":  # the old rule: all six admitted as one row each, then 24 rows
+        assert max(step_widths) > 12 and engine.stats.peak_prompts == 6
+    else:  # 2.5 rows expected of each before any finished: three at first (12 rows), then two at a time
+        assert engine.stats.peak_rows <= 12 and engine.stats.peak_prompts == 3
 
 
 def test_row_forecast_starts_at_the_cap_and_follows_finished_prompts():
-    forecast = RowForecast(prior=8)
-    assert forecast.rows(8) == 8 and forecast.rows(3) == 3
-    for peak in (2, 2, 2):
-        forecast.observe(peak)
-    assert forecast.rows(8) == pytest.approx((8 + 6) / 4)
+    peak, mean, first = RowForecast(8, "peak"), RowForecast(8, "mean"), RowForecast(8, "first-row")
+    assert peak.rows(8) == mean.rows(8) == 4.5 and peak.rows(3) == 3 and first.rows(8) == 1
+    for forecast in (peak, mean, first):
+        for _ in range(3):
+            forecast.observe(peak_rows=2, mean_rows=1.5)
+    assert peak.rows(8) == pytest.approx((4.5 + 6) / 4)
+    assert mean.rows(8) == pytest.approx((4.5 + 4.5) / 4)
+    assert first.rows(8) == 1
+
+
+def test_unknown_admission_rule_is_refused(llm):
+    with pytest.raises(ConfigError, match="unknown admission rule 'widest'"):
+        Engine(llm.model, admission="widest")
