@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -398,6 +399,17 @@ def _int(arg: str, usage: str, what: str) -> int:
     return _parse(arg, int, usage, what)
 
 
+def _listen_to_ctrl_c() -> None:
+    """Ctrl-C at a terminal means "stop generating", even if whatever started us ignored SIGINT.
+
+    A process launched from a background job (a script's `cmd &`, nohup) inherits SIGINT as
+    ignored, and Python then installs no KeyboardInterrupt handler: Ctrl-C would do nothing while
+    the model streams. An interactive chat is in the terminal's foreground, so take it back.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 # --- readline ------------------------------------------------------------------------------------
 def _history_path() -> Path | None:
     configured = os.environ.get("EAGER_LOCAL_CHAT_HISTORY")
@@ -467,6 +479,8 @@ def _chat(method, once, load_file, opts):
         except ChatError as e:
             raise ConfigError(str(e)) from None
     save_history = _setup_readline() if interactive else (lambda: None)
+    if interactive:
+        _listen_to_ctrl_c()
     try:
         ui.run()
     except BrokenPipeError:  # `... | head`: the reader left; nothing more to say

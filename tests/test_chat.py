@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -315,10 +316,10 @@ def chat_env(tmp_path, **extra) -> dict:
     return env
 
 
-def spawn(tmp_path, *args, **env):
+def spawn(tmp_path, *args, preexec_fn=None, **env):
     child = pexpect.spawn(
         sys.executable, ["-m", "eager_local", "chat", "--threads", "1", *args], env=chat_env(tmp_path, **env),
-        encoding="utf-8", timeout=120, dimensions=(60, 400), cwd=str(tmp_path),
+        encoding="utf-8", timeout=120, dimensions=(60, 400), cwd=str(tmp_path), preexec_fn=preexec_fn,
     )
     child.expect_exact("you> ")
     return child
@@ -392,8 +393,12 @@ def test_tty_conversation_branches_pick_tree_save_load(tmp_path):
     assert json.loads((tmp_path / "again.json").read_text()) == json.loads((tmp_path / "chat.json").read_text())
 
 
-def test_tty_ctrl_c_stops_generation_and_keeps_the_session(tmp_path):
-    child = spawn(tmp_path, "-n", "2000", "-M", "2", "--theta", "1.0", NO_COLOR="1")
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_tty_ctrl_c_stops_generation_and_keeps_the_session(tmp_path, inherited):
+    # "ignored": started the way a background job starts its children (SIGINT ignored, so Python
+    # would install no KeyboardInterrupt handler); the chat must still stop on Ctrl-C.
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if inherited == "ignored" else None
+    child = spawn(tmp_path, "-n", "2000", "-M", "2", "--theta", "1.0", preexec_fn=ignore, NO_COLOR="1")
     child.sendline("Write a long story about a dragon.")
     child.expect(r"dragon\.\r\n")  # the echo
     child.expect(r"\w+\W+\w+\W+\w+\W+\w+")  # the reply is streaming
