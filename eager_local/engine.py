@@ -28,9 +28,9 @@ from .sampling import SamplingParams, sample_rows, sequence_rng
 METHODS = ("eager-init", "parallel")
 DEFAULT_KV_MEMORY = 2 << 30  # bytes of KV cache the engine allocates at most by default
 # New prompts are admitted while the rows the active prompts hold or are expected to hold stay under
-# this (a soft limit: EAGer prompts may outgrow their forecast). In a unified KV cache every row attends over all cells in use, so admitting every
-# prompt at once made steps slower per token: 16 prompts x 8 samples ran at 74 tokens/s, 4 at a time
-# (32 rows) at 104 (docs/results.md).
+# this (a soft limit: EAGer prompts may outgrow their forecast). In a unified KV cache every row
+# attends over all cells in use, so admitting every prompt at once made steps slower per token:
+# 16 prompts x 8 samples ran at 74 tokens/s, 4 at a time (32 rows) at 104 (docs/results.md).
 DEFAULT_BATCH_ROWS = 32
 
 
@@ -192,7 +192,6 @@ class _PromptRun:
     prefill_id: int = -1  # llama id holding the prompt (becomes the first sequence's id)
     live: int = 0
     peak_live: int = 0
-    row_steps: int = 0  # live rows summed over the prompt's steps: its mean width
     n_created: int = 0
     entropy_history: list[float] = field(default_factory=list)
 
@@ -590,7 +589,6 @@ class _StepLoop:
 
         for run in self.runs:
             run.tree.steps += 1
-            run.row_steps += run.live
             if not run.branching_open:
                 continue
             if id(run) in branched_runs:
@@ -664,7 +662,8 @@ class _StepLoop:
             self.runs.remove(run)
             self._release_ids(run)
             if not self.parallel:
-                self.forecast.observe(run.peak_live, run.row_steps / max(1, run.tree.steps))
+                # every live row adds one token a step, so tokens / steps is the mean width
+                self.forecast.observe(run.peak_live, run.tree.generated_tokens / max(1, run.tree.steps))
             yield self._finalize(run)
 
     def _release_ids(self, run: _PromptRun) -> None:

@@ -26,6 +26,7 @@ from eager_local.eval.datasets import load_dataset, select
 from eager_local.eval.grading import extract_answer, is_correct
 from eager_local.eval.prompting import load_template, render
 
+
 def run_once(llm, requests, problems, config, rule: str) -> dict:
     engine = llm.engine
     engine.admission = rule
@@ -86,7 +87,7 @@ def main() -> None:
               f"| {r['sequences']:.2f} | {r['mean_rows']:.1f} | {r['mean_prompts']:.1f} | {r['peak_rows']} "
               f"| {r['peak_prompts']} |", flush=True)
     rate = {rule: sum(r["tokens"] for r in rs) / sum(r["wall"] for r in rs) for rule, rs in results.items()}
-    base = order[-1] if order[-1] != order[0] else next((r for r in order if r != order[0]), order[0])
+    base = next((r for r in order if r != order[0]), order[0])  # B of A B B A
     print("\ntokens/s over all runs of each rule: " + ", ".join(
         f"{rule} {value:.1f} ({value / rate[base]:.2f} × {base})" for rule, value in rate.items()))
 

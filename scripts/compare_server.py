@@ -111,12 +111,11 @@ def summarise(args, problems, server_stats) -> str:
         stats = store.read_json(run_dir / point.stats_file) or {}
         # Prompts overlap in eager_local's batches: the point's elapsed time is the fair wall time.
         wall = stats.get("wall_time") or sum(records[i]["wall_time"] for i in ids)
-        if point.reallocates:  # adapt/full EAGer spend the EAGer-init pass first
-            wall = stats.get("total_wall_time") or wall + (
-                store.read_json(run_dir / point.init_point().stats_file) or {}).get("wall_time", 0.0)
-        # Mean rows per decode step: how full the batches were (the EAGer-init pass for adapt/full).
-        shape = stats if not point.reallocates else store.read_json(run_dir / point.init_point().stats_file) or {}
-        rows_per_step = (shape.get("batches") or {}).get("mean_rows")
+        # adapt/full EAGer spend the EAGer-init pass first; its batches are the ones that decode
+        init_stats = (store.read_json(run_dir / point.init_point().stats_file) or {}) if point.reallocates else stats
+        if point.reallocates:
+            wall = stats.get("total_wall_time") or wall + init_stats.get("wall_time", 0.0)
+        rows_per_step = (init_stats.get("batches") or {}).get("mean_rows")  # how full the batches were
         systems.append(("eager_local", method, [records[i] for i in ids], stats.get("peak_rss_mb"), wall, rows_per_step))
 
     rows = []
