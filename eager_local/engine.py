@@ -11,6 +11,7 @@ prompts admitted as earlier ones finish so the batch stays full, sequence ids re
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import time
@@ -30,7 +31,9 @@ DEFAULT_KV_MEMORY = 2 << 30  # bytes of KV cache the engine allocates at most by
 # New prompts are admitted while the rows the active prompts hold or are expected to hold stay under
 # this (a soft limit: EAGer prompts may outgrow their forecast). In a unified KV cache every row
 # attends over all cells in use, so admitting every prompt at once made steps slower per token:
-# 16 prompts x 8 samples ran at 74 tokens/s, 4 at a time (32 rows) at 104 (docs/results.md).
+# 16 prompts x 8 samples ran at 74 tokens/s, 4 at a time (32 rows) at 104 (docs/results.md). With a
+# stream per sequence that cost is gone, but each admitted prompt still reserves M streams of memory
+# and batching gains flatten out before 32 rows on a CPU (BENCHMARKS.md).
 DEFAULT_BATCH_ROWS = 32
 
 
@@ -75,6 +78,11 @@ class StepStats:
             "peak_prompts": self.peak_prompts,
         }
 
+
+# The KV layout (see llama.Context): "auto" = a stream per sequence, unless the caller keeps
+# sequences (chat), which gets a unified cache; "unified" always (the layout before streams, kept
+# for A/B runs: scripts/bench_admission.py).
+KV_LAYOUTS = ("auto", "unified")
 
 # How an EAGer prompt is counted when deciding whether another prompt fits in the batch.
 ADMISSION_RULES = ("peak", "mean", "first-row")
@@ -185,11 +193,10 @@ class _PromptRun:
     tree: T.Tree
     cap: int
     theta: float
-    free_ids: list[int]  # llama sequence ids reserved for this prompt and not in use
+    reserved: int  # llama sequence ids this prompt may still take (M at admission, one per sequence)
     started_at: float
     branching_open: bool = True
     steps_since_branch: int = 0
-    prefill_id: int = -1  # llama id holding the prompt (becomes the first sequence's id)
     live: int = 0
     peak_live: int = 0
     n_created: int = 0
@@ -216,6 +223,7 @@ class Engine:
         max_concurrent_prompts: int | None = None,
         max_batch_rows: int = DEFAULT_BATCH_ROWS,
         admission: str = "peak",
+        kv_layout: str = "auto",
     ):
         self.model = model
         self.n_threads = n_threads
@@ -225,56 +233,86 @@ class Engine:
         if admission not in ADMISSION_RULES:
             raise ConfigError(f"unknown admission rule {admission!r}; choose from {', '.join(ADMISSION_RULES)}")
         self.admission = admission  # "first-row" is the old rule, kept for A/B runs
+        if kv_layout not in KV_LAYOUTS:
+            raise ConfigError(f"unknown KV layout {kv_layout!r}; choose from {', '.join(KV_LAYOUTS)}")
+        self.kv_layout = kv_layout
         self.stats = StepStats()
         self.context: Context | None = None
         self._pinned: set[int] = set()  # llama ids kept alive for the caller (chat branches)
 
     # sizing -------------------------------------------------------------------------------------
-    def plan_context(self, longest_prompt: int, config: GenerationConfig, n_prompts: int) -> tuple[ContextSize, int]:
+    def plan_context(self, longest_prompt: int, config: GenerationConfig, n_prompts: int,
+                     unified: bool = False) -> tuple[ContextSize, int]:
         """Size the context for the work; return it and how many prompts may run at once.
 
-        Each active prompt reserves its worst case (prompt + M full-length sequences), so the cache
-        cannot fill up in normal operation; the memory limit lowers concurrency before that.
+        Each active prompt reserves its worst case, so no sequence runs out of cells in normal
+        operation, and the memory limit lowers concurrency before that. Streams (see Context):
+        every sequence gets a stream long enough for the longest prompt and a full generation (and
+        for any sequence kept for the caller), M per prompt; if even one prompt's streams do not
+        fit, they are shortened and sequences that reach the end of theirs finish with `kv_full`.
+        Unified: a prompt reserves its prompt plus M full-length sequences of cells.
         """
-        per_prompt = longest_prompt + config.max_sequences * config.max_new_tokens
+        cap = config.max_sequences
+        pinned = len(self._pinned)
         cell_limit = self._cell_limit()
+        if unified:
+            per_prompt = longest_prompt + cap * config.max_new_tokens
+            prompts_that_fit = cell_limit // per_prompt
+        else:
+            stream = _round_up(max(longest_prompt + config.max_new_tokens, self._pinned_cells(), 1), 256)
+            prompts_that_fit = (cell_limit // stream - pinned - 1) // cap
         concurrent = min(
             n_prompts,
-            max(1, (MAX_SEQUENCES - len(self._pinned)) // config.max_sequences),
-            max(1, cell_limit // per_prompt),
+            max(1, (MAX_SEQUENCES - pinned - 1) // cap),
+            max(1, prompts_that_fit),
             self.max_concurrent_prompts or n_prompts,
         )
-        n_ctx = min(cell_limit, concurrent * per_prompt + self._pinned_cells())
-        n_ctx = max(n_ctx, longest_prompt + 1)
-        n_seq = min(MAX_SEQUENCES, concurrent * config.max_sequences + len(self._pinned) + 1)
+        if config.method == "parallel":  # admission never lets more in (M rows each): reserve no more
+            concurrent = min(concurrent, max(1, self.max_batch_rows // cap))
+        n_seq = min(MAX_SEQUENCES, concurrent * cap + pinned + 1)  # +1: a spare (Context._apply_copies)
         n_seq = max(n_seq, max(self._pinned, default=0) + 1)  # kept sequences keep their ids
-        return ContextSize(n_ctx=_round_up(n_ctx, 256), n_seq_max=n_seq, n_batch=max(512, n_seq)), concurrent
+        if unified:
+            cells = _round_up(max(min(cell_limit, concurrent * per_prompt + self._pinned_cells()), longest_prompt + 1), 256)
+        elif n_seq * stream <= cell_limit:
+            cells = stream
+        else:  # not even one prompt fits at full length
+            cells = max(_round_up(longest_prompt + 1, 256), cell_limit // n_seq // 256 * 256, 256)
+        return ContextSize(cells=cells, n_seq_max=n_seq, n_batch=max(512, n_seq), unified=unified), concurrent
 
     def _cell_limit(self) -> int:
         """KV cells the memory limit allows."""
         return max(256, self.kv_memory // self.model.kv_bytes_per_cell())
 
     def _pinned_cells(self) -> int:
+        """Cells the sequences kept for the caller hold (streams: the longest one, whose stream
+        must fit in a new context too)."""
         if not self.context:
             return 0
-        return sum(self.context.seq_length(s) for s in self._pinned)
+        lengths = [self.context.seq_length(s) for s in self._pinned]
+        return sum(lengths) if self.context.size.unified else max(lengths, default=0)
 
     def _ensure_context(self, size: ContextSize) -> Context:
         ctx = self.context
-        if ctx and ctx.n_ctx >= size.n_ctx and ctx.size.n_seq_max >= size.n_seq_max:
+        if (ctx and ctx.size.unified == size.unified and ctx.cells_per_seq >= size.cells
+                and ctx.size.n_seq_max >= size.n_seq_max):
             return ctx
-        # Growing the context: park the sequences the caller keeps and restore them under the same ids.
+        # Growing the context: park the sequences the caller keeps and restore them under the same
+        # ids (kept sequences exist only in unified contexts: llama.cpp cannot restore a saved
+        # sequence into a context with another number of streams).
         kept = {i: ctx.park(i) for i in sorted(self._pinned)} if ctx else {}
+        if ctx and ctx.size.unified == size.unified:
+            # Keep what the old context could do and grow by at least half again, so a conversation
+            # that lengthens turn by turn does not rebuild its context every turn; within the
+            # memory limit.
+            grown = _round_up(ctx.cells_per_seq * 3 // 2, 256)
+            roomy = replace(size, n_seq_max=max(size.n_seq_max, ctx.size.n_seq_max),
+                            n_batch=max(size.n_batch, ctx.size.n_batch))
+            if size.unified:
+                size = replace(roomy, cells=max(size.cells, min(self._cell_limit(), grown)))
+            else:
+                roomy = replace(roomy, cells=max(size.cells, grown if size.cells > ctx.cells_per_seq else ctx.cells_per_seq))
+                size = roomy if roomy.n_ctx <= self._cell_limit() else size
         if ctx:
-            # Grow by at least half again, so a conversation that lengthens turn by turn does not
-            # rebuild its context every turn (within the memory limit).
-            grown = min(self._cell_limit(), _round_up(ctx.n_ctx * 3 // 2, 256))
-            size = replace(
-                size,
-                n_ctx=max(size.n_ctx, grown),
-                n_seq_max=max(size.n_seq_max, ctx.size.n_seq_max),
-                n_batch=max(size.n_batch, ctx.size.n_batch),
-            )
             ctx.close()
         self.context = Context(self.model, size, n_threads=self.n_threads)
         for llama_id, state in kept.items():
@@ -335,7 +373,7 @@ class Engine:
         """Yield each prompt's tree as soon as it is complete (completion order).
 
         keep_sequences: leave finished sequences in the KV cache (their `llama_seq` is set) for
-        the caller to continue, park or release. catch_interrupt: on Ctrl-C, end live sequences
+        the caller to continue, park or release; the engine then uses a unified KV cache. catch_interrupt: on Ctrl-C, end live sequences
         with finish reason `cancelled` and yield what exists instead of raising.
         """
         config.validate()
@@ -348,7 +386,10 @@ class Engine:
         biggest_cap = max(r.max_sequences or config.max_sequences for r in requests)
         if not 1 <= biggest_cap <= MAX_SEQUENCES:
             raise ConfigError(f"max-sequences must be between 1 and {MAX_SEQUENCES}, got {biggest_cap}")
-        size, concurrent = self.plan_context(longest, replace(config, max_sequences=biggest_cap), len(requests))
+        # Streams decode faster; a caller who keeps sequences (chat) gets a unified cache, where a
+        # long shared history is stored once and kept sequences survive a context rebuild.
+        unified = self.kv_layout == "unified" or keep_sequences or bool(self._pinned)
+        size, concurrent = self.plan_context(longest, replace(config, max_sequences=biggest_cap), len(requests), unified)
         ctx = self._ensure_context(size)
         loop = _StepLoop(self, ctx, requests, config, budget, on_token, keep_sequences, concurrent)
         try:
@@ -388,10 +429,11 @@ class _StepLoop:
         self.rows: list[_Row] = []
         self.parallel = config.method == "parallel"
         self.think_token = self.model.single_token(config.end_of_thinking) if config.end_of_thinking else None
+        # A min-heap: sequences take the lowest free ids, so the ids decoded together stay a
+        # contiguous block (llama.cpp runs one micro-batch per run of consecutive ids).
         self.free_ids = [i for i in range(ctx.size.n_seq_max) if i not in engine._pinned]
         for llama_id in self.free_ids:  # whatever an earlier, failed call left behind
             ctx.drop(llama_id)
-        self.free_ids.reverse()
         self.context_limit = self.model.n_ctx_train
         self.forecast = RowForecast(max((r.max_sequences or config.max_sequences) for r in requests), engine.admission)
 
@@ -414,7 +456,7 @@ class _StepLoop:
             request = self.pending.pop()
             cap = request.max_sequences or self.config.max_sequences
             batch_full = self.runs and self._reserved_rows() + self._expected_rows(cap) > self.engine.max_batch_rows
-            if len(self.free_ids) < cap or batch_full:
+            if len(self.free_ids) - self._reserved_ids() < cap or batch_full:
                 self.pending.append(request)
                 break
             run = _PromptRun(
@@ -428,25 +470,27 @@ class _StepLoop:
                 ),
                 cap=cap,
                 theta=self.config.theta if request.theta is None else request.theta,
-                free_ids=[self.free_ids.pop() for _ in range(cap)],
+                reserved=cap,
                 started_at=time.perf_counter(),
                 branching_open=not self.parallel,
             )
+            llama_id = self._take_id(run)
             try:
-                first_logits = self._prefill(run)
+                first_logits = self._prefill(run, llama_id)
             except KVCacheFull:
-                self._release_ids(run)
+                heapq.heappush(self.free_ids, llama_id)
+                run.reserved = 0
                 self.pending.append(request)
                 if not self.runs:  # nothing will ever free space: report and move on
                     self.pending.pop()
                     yield self._empty_tree(request)
                 return
             self.runs.append(run)
-            root = self._new_row(run, parent=None, fork_at=0, tokens=[], llama_id=run.free_ids.pop())
+            root = self._new_row(run, parent=None, fork_at=0, tokens=[], llama_id=llama_id)
             root.fresh_logits = first_logits  # the prefill's sequence becomes the first row
             if self.parallel:
                 for _ in range(cap - 1):
-                    row = self._new_row(run, parent=None, fork_at=0, tokens=[], llama_id=run.free_ids.pop())
+                    row = self._new_row(run, parent=None, fork_at=0, tokens=[], llama_id=self._take_id(run))
                     self.ctx.fork(root.llama_id, row.llama_id)
                     row.fresh_logits = first_logits
 
@@ -462,9 +506,33 @@ class _StepLoop:
     def _reserved_rows(self) -> float:
         return sum(self._expected_rows(run.cap, run) for run in self.runs)
 
-    def _prefill(self, run: _PromptRun) -> np.ndarray:
+    # sequence ids -------------------------------------------------------------------------------
+    def _reserved_ids(self) -> int:
+        return sum(run.reserved for run in self.runs)
+
+    def _take_id(self, run: _PromptRun) -> int:
+        run.reserved -= 1
+        return heapq.heappop(self.free_ids)
+
+    def _compact_ids(self) -> None:
+        """Move the rows with the highest ids into lower free ids, so the batch is one block.
+
+        Rows finish in any order and leave holes; a move copies one stream (Context.move), which
+        costs less than the extra micro-batch a hole costs every step after. (A unified cache runs
+        one micro-batch whatever the ids.)
+        """
+        if self.ctx.size.unified:
+            return
+        for row in sorted(self.rows, key=lambda r: r.llama_id, reverse=True):
+            if not self.free_ids or self.free_ids[0] > row.llama_id:
+                return
+            lower = heapq.heappop(self.free_ids)
+            self.ctx.move(row.llama_id, lower)
+            heapq.heappush(self.free_ids, row.llama_id)
+            row.llama_id = lower
+
+    def _prefill(self, run: _PromptRun, llama_id: int) -> np.ndarray:
         request = run.request
-        llama_id = run.prefill_id = run.free_ids[-1]
         start = 0
         if request.prefix_seq is not None:
             start = min(request.reuse, len(request.tokens) - 1)  # decode at least one token for logits
@@ -490,14 +558,20 @@ class _StepLoop:
 
     def _decode_step(self) -> np.ndarray:
         """Decode every row's newest token in one batch; logits for all rows, in row order."""
+        self._compact_ids()
         decoded = [r for r in self.rows if r.fresh_logits is None]
         fresh = [r for r in self.rows if r.fresh_logits is not None]
         while decoded:
-            tokens = np.fromiter((r.seq.tokens[-1] for r in decoded), dtype=np.int32, count=len(decoded))
-            positions = np.fromiter((r.position for r in decoded), dtype=np.int32, count=len(decoded))
             ids = np.fromiter((r.llama_id for r in decoded), dtype=np.int32, count=len(decoded))
+            # streams: llama.cpp wants increasing ids (see Context)
+            order = np.arange(len(ids)) if self.ctx.size.unified else np.argsort(ids, kind="stable")
+            in_order = [decoded[i] for i in order]
+            tokens = np.fromiter((r.seq.tokens[-1] for r in in_order), dtype=np.int32, count=len(decoded))
+            positions = np.fromiter((r.position for r in in_order), dtype=np.int32, count=len(decoded))
             try:
-                view = self.ctx.decode(tokens, positions, ids, np.ones(len(decoded), dtype=np.int8))
+                view = self.ctx.decode(tokens, positions, ids[order], np.ones(len(decoded), dtype=np.int8))
+                if np.any(order != np.arange(len(order))):
+                    view = view[np.argsort(order)]  # back to row order (a copy)
                 break
             except KVCacheFull:
                 # No room for this step: stop forking everywhere and cut the newest sequence,
@@ -519,7 +593,8 @@ class _StepLoop:
         """Choose each row's next token (branching where the rule says) and retire finished rows."""
         rows = list(self.rows)  # children created below are appended to self.rows, not here
         n = len(rows)
-        if n == 0:
+        if n == 0:  # a full cache cut every row: their prompts are complete
+            yield from self._completed_runs()
             return
         entropies = np.full(n, np.nan)
         wants_entropy = np.fromiter(
@@ -604,8 +679,8 @@ class _StepLoop:
     def _fork(self, parent: _Row, top2: int, entropy: float, threshold: float, top1: int) -> _Row:
         run = parent.run
         prefix = list(parent.seq.tokens)
-        llama_id = run.free_ids.pop()
-        self.ctx.fork(parent.llama_id, llama_id)  # shares the prefix's cells: nothing recomputed
+        llama_id = self._take_id(run)
+        self.ctx.fork(parent.llama_id, llama_id)  # copies the prefix's cells: nothing recomputed
         child = self._new_row(run, parent=parent.seq.id, fork_at=len(prefix), tokens=prefix, llama_id=llama_id)
         child.seq.entropies = list(parent.seq.entropies)
         child.past_thinking = parent.past_thinking
@@ -643,6 +718,8 @@ class _StepLoop:
             self._finish(row, T.STOP)
         elif len(row.seq.tokens) >= self.config.max_new_tokens or row.position + 1 >= self.context_limit:
             self._finish(row, T.LENGTH)
+        elif row.position >= self.ctx.cells_per_seq:  # its stream is full (streams under a tight memory limit)
+            self._finish(row, T.KV_FULL)
 
     def _finish(self, row: _Row, reason: str) -> None:
         if row.seq.finish_reason is not None:
@@ -654,22 +731,16 @@ class _StepLoop:
             self.engine._pinned.add(row.llama_id)
         else:
             self.ctx.drop(row.llama_id)
-            row.run.free_ids.append(row.llama_id)
+            heapq.heappush(self.free_ids, row.llama_id)
 
     def _completed_runs(self) -> Iterator[T.Tree]:
         done = [run for run in self.runs if run.live == 0]
         for run in done:
             self.runs.remove(run)
-            self._release_ids(run)
             if not self.parallel:
                 # every live row adds one token a step, so tokens / steps is the mean width
                 self.forecast.observe(run.peak_live, run.tree.generated_tokens / max(1, run.tree.steps))
             yield self._finalize(run)
-
-    def _release_ids(self, run: _PromptRun) -> None:
-        pinned = self.engine._pinned
-        self.free_ids.extend(i for i in run.free_ids if i not in pinned)
-        run.free_ids = []
 
     def _finalize(self, run: _PromptRun) -> T.Tree:
         tree = run.tree

@@ -4,9 +4,9 @@ Everything above it sees numpy arrays and token ids. It wraps llama-cpp-python's
 (pinned in pyproject.toml: that API changes between releases) into two objects:
 
 - `Model`: a loaded GGUF, its vocabulary, tokenizer and chat template;
-- `Context`: one llama.cpp context with many sequences in a unified KV cache, a reusable batch, the
-  logits of the last decode as a zero-copy (rows, vocab) view, sequence fork/drop and per-sequence
-  state park/restore.
+- `Context`: one llama.cpp context with many sequences, each in its own KV stream, a reusable batch,
+  the logits of the last decode as a zero-copy (rows, vocab) view, sequence fork/drop and
+  per-sequence state park/restore.
 
 The shape follows llama.cpp's `batched` and `parallel` examples.
 """
@@ -143,6 +143,7 @@ class Model:
     def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0):
         _init_backend()
         self.path = Path(path)
+        self.n_gpu_layers = n_gpu_layers
         params = lc.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.use_extra_bufts = _extra_buffers_enabled()
@@ -261,16 +262,47 @@ class Model:
 # --- context -------------------------------------------------------------------------------------
 @dataclass
 class ContextSize:
-    n_ctx: int  # KV cells shared by all sequences (unified cache)
+    cells: int  # KV cells of each sequence's stream, or of the one pool all share when unified
     n_seq_max: int
     n_batch: int
+    unified: bool = False
+
+    @property
+    def n_ctx(self) -> int:
+        return self.cells if self.unified else self.cells * self.n_seq_max
+
+
+def _flash_attention(model: "Model", unified: bool) -> int:
+    """llama.cpp's flash-attention setting for a context of this model.
+
+    With streams on the CPU it is off: llama.cpp's CPU flash-attention kernel made 16 rows at
+    position 600 decode at 46 instead of 101 tokens/s (scripts/bench_engine.py, section
+    attention). A unified cache keeps llama.cpp's choice: there its kernel skips the cells of other
+    sequences, so a row's result does not depend on where they sit (chat compares a continued
+    branch with a fresh context). Layers on a GPU: llama.cpp's choice.
+    EAGER_LOCAL_FLASH_ATTN=1 or 0 overrides.
+    """
+    forced = os.environ.get("EAGER_LOCAL_FLASH_ATTN")
+    if forced in ("0", "1"):
+        return lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if forced == "1" else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    if unified or model.n_gpu_layers:
+        return lc.LLAMA_FLASH_ATTN_TYPE_AUTO
+    return lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
 
 
 class Context:
-    """One llama.cpp context: many sequences in one unified KV cache, decoded together.
+    """One llama.cpp context: many sequences decoded together, in one of two KV layouts.
 
-    Forking copies a sequence's KV *membership* (cells gain a sequence id): no data is copied and
-    nothing is recomputed, so its cost does not depend on the prefix length.
+    - streams (the default): each sequence has a KV stream of its own and a generated row attends
+      over its own cells only. A fork copies the parent's stream (llama.cpp does it before the
+      next decode: ~2.5 ms for SmolLM2-135M's 768-cell stream) and a shared prefix is stored once
+      per branch. llama.cpp splits a batch into one micro-batch per run of consecutive sequence
+      ids (each re-reads all weights), so callers keep the ids they decode together contiguous
+      and in increasing order.
+    - unified: one pool of cells; a fork only tags the parent's cells with the child's id, so a
+      long shared prefix (a chat history) is stored once. But every row attends over all cells in
+      use, every prompt's and every branch's, so a step costs rows x all cells: 16 rows at
+      position 600 decoded 3x slower than with streams (docs/results.md).
     """
 
     def __init__(self, model: Model, size: ContextSize, *, n_threads: int | None = None):
@@ -284,18 +316,21 @@ class Context:
         params.n_seq_max = size.n_seq_max
         params.n_threads = self.n_threads
         params.n_threads_batch = self.n_threads
-        params.kv_unified = True  # one pool of cells: shared prefixes stored once
+        params.kv_unified = size.unified
+        params.flash_attn_type = _flash_attention(model, size.unified)
         params.no_perf = True
         self._ctx = lc.llama_init_from_model(model._model, params)
         if not self._ctx:
             detail = _last_error_line()
             raise LlamaError(
-                f"llama.cpp could not create a context of {size.n_ctx} cells"
+                f"llama.cpp could not create a context of {size.n_ctx} KV cells"
                 + (f": {detail}" if detail else "")
             )
         self.n_ctx = lc.llama_n_ctx(self._ctx)
+        self.cells_per_seq = lc.llama_n_ctx_seq(self._ctx)  # llama.cpp rounds up to 256; all cells if unified
         self._mem = lc.llama_get_memory(self._ctx)
         self._batch, self._arrays = _make_batch(size.n_batch)
+        self._copies_pending = False  # forks whose stream copy llama.cpp makes at the next decode
 
     # decoding -----------------------------------------------------------------------------------
     def decode(self, tokens, positions, seq_ids, want_logits) -> np.ndarray:
@@ -316,6 +351,8 @@ class Context:
         arr.logits[:n] = want_logits
         self._batch.n_tokens = n
         rc = lc.llama_decode(self._ctx, self._batch)
+        if rc in (0, 1):
+            self._copies_pending = False  # llama.cpp applied queued stream copies before placing the batch
         if rc == 1:
             raise KVCacheFull(f"KV cache full ({self.n_ctx} cells)")
         if rc != 0:
@@ -340,8 +377,18 @@ class Context:
 
     # sequences ----------------------------------------------------------------------------------
     def fork(self, src: int, dst: int) -> None:
-        """Make `dst` share all of `src`'s cells (the whole prefix)."""
+        """Make `dst` (empty) continue `src`'s whole prefix; nothing is recomputed.
+
+        Unified: `dst` shares `src`'s cells. Streams: llama.cpp copies the stream's data before the
+        next decode (only whole sequences: a partial copy between streams aborts the process).
+        """
         lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        self._copies_pending = not self.size.unified
+
+    def move(self, src: int, dst: int) -> None:
+        """Renumber a sequence: `dst` (empty) takes over `src`'s cells and `src` becomes empty."""
+        self.fork(src, dst)
+        self.drop(src)  # the queued copy reads the data, which stays until something overwrites it
 
     def drop(self, seq_id: int) -> None:
         """Forget a sequence; cells no other sequence uses become free."""
@@ -359,6 +406,8 @@ class Context:
 
     def park(self, seq_id: int) -> bytes:
         """The sequence's full state (its KV cells) as bytes, so it can be dropped and restored later."""
+        if self._copies_pending:
+            self._apply_copies()
         size = lc.llama_state_seq_get_size(self._ctx, seq_id)
         buf = (ctypes.c_uint8 * size)()
         written = lc.llama_state_seq_get_data(self._ctx, buf, size, seq_id)
@@ -371,6 +420,15 @@ class Context:
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
         if lc.llama_state_seq_set_data(self._ctx, buf, len(state), seq_id) == 0:
             raise KVCacheFull(f"no room to restore a sequence of {len(state)} bytes")
+
+    def _apply_copies(self) -> None:
+        """Make llama.cpp carry out queued stream copies now (it does so at the start of a decode):
+        decode one throwaway token in an empty sequence, then drop it."""
+        spare = next((s for s in range(self.size.n_seq_max - 1, -1, -1) if self.seq_length(s) == 0), None)
+        if spare is None:
+            raise LlamaError("no empty sequence to apply pending KV copies with")
+        self.decode([0], [0], [spare], [0])
+        self.drop(spare)
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):

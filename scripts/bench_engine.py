@@ -2,7 +2,7 @@
 """Engine speed and memory, as ratios against baselines measured in the same run.
 
     python scripts/bench_engine.py                 # everything, default model
-    python scripts/bench_engine.py --only decode   # one section: decode, sequential, fork, memory
+    python scripts/bench_engine.py --only decode   # one section: decode, sequential, fork, memory, layout
 
 Sections (issue 2's targets):
   decode      engine tokens/s at B = 1, 8, 32 live sequences vs a bare batched llama_decode loop
@@ -11,7 +11,10 @@ Sections (issue 2's targets):
               llama-cpp-python's Llama.create_completion (target: >= 2.5 x);
   fork        forking a sequence after a 100- and a 4,000-token prefix vs re-prefilling that prefix
               (target: < 1 ms and >= 100 x cheaper);
-  memory      peak RSS of a process running EAGer with M = 32 branches (target: < 1.5 GB).
+  memory      peak RSS of a process running EAGer with M = 32 branches (target: < 1.5 GB);
+  layout      B rows decoding at position 600 with a KV stream per sequence (flash attention off,
+              then on) vs one unified cache holding the same sequences (llama.cpp's choice of
+              flash attention): why the engine uses streams and turns flash attention off.
 
 Never run two benchmarks at once on a small machine: llama.cpp's threads spin and the numbers
 become garbage. This script runs its measurements one after another.
@@ -43,7 +46,7 @@ def bare_batched_decode(model: Model, prompt: list[int], batch_size: int, n_toke
     """
     import llama_cpp as lc
 
-    size = ContextSize(n_ctx=_round(len(prompt) + batch_size * n_tokens + 64), n_seq_max=max(batch_size, 1), n_batch=512)
+    size = ContextSize(cells=_round(len(prompt) + n_tokens + 64), n_seq_max=max(batch_size, 1), n_batch=512)
     ctx = Context(model, size, n_threads=threads)
     start = time.perf_counter()  # like the engine's timing: prefill, fork, B x n tokens
     first = ctx.prefill(prompt, 0)
@@ -148,32 +151,91 @@ def section_sequential(model_path, model, prompt_text, prompt, threads, n_tokens
             "parallel_tokens": tree.generated_tokens, "ratio": parallel / sequential}
 
 
-def section_fork(model, threads, lengths, repeats=200):
+def section_fork(model, threads, lengths, repeats=50):
+    """Cost of a fork. With streams llama.cpp copies the parent's KV stream before the next decode,
+    so time a fork plus a one-token decode of another sequence, minus the same decode without a
+    fork. In a unified cache a fork only tags cells (the engine uses it for chat)."""
     rows = []
-    for length in lengths:
+    for length, unified in [(n, u) for u in (False, True) for n in lengths]:
         words = ("alpha beta gamma delta " * (length // 2 + 8)).strip()
         prefix = model.tokenize(words)[:length]
-        ctx = Context(model, ContextSize(n_ctx=_round(length + 256), n_seq_max=4, n_batch=512), n_threads=threads)
+        cells = _round(length + 256)
+        ctx = Context(model, ContextSize(cells=cells * 4 if unified else cells, n_seq_max=4, n_batch=512, unified=unified),
+                      n_threads=threads)
         ctx.prefill(prefix, 0)
-        fork = drop = 0.0
-        for _ in range(repeats):
+
+        def one_token(fork: bool) -> float:
             t0 = time.perf_counter()
-            ctx.fork(0, 1)
-            t1 = time.perf_counter()
+            if fork:
+                ctx.fork(0, 1)
+            ctx.decode([1], [0], [2], [1])
+            elapsed = time.perf_counter() - t0
+            ctx.drop(2)
             ctx.drop(1)
-            fork += t1 - t0
-            drop += time.perf_counter() - t1
-        fork, drop = fork / repeats, drop / repeats
-        assert ctx.seq_length(0) == length
+            return elapsed
+
+        one_token(True)  # warm-up
+        with_fork = sorted(one_token(True) for _ in range(repeats))[repeats // 2]
+        without = sorted(one_token(False) for _ in range(repeats))[repeats // 2]
+        fork = max(with_fork - without, 1e-6)
+        if unified:  # nothing deferred: time the call itself (the difference above is noise)
+            timings = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                ctx.fork(0, 1)
+                timings.append(time.perf_counter() - t0)
+                ctx.drop(1)
+            fork = sorted(timings)[repeats // 2]
+        ctx.fork(0, 1)
+        ctx.decode([1], [length], [1], [1])  # the copy is usable: the child continues the prefix
+        assert ctx.seq_length(1) == length + 1
         ctx.clear()
         start = time.perf_counter()
         ctx.prefill(prefix, 0)
         prefill = time.perf_counter() - start
+        stream_mb = ctx.cells_per_seq * model.kv_bytes_per_cell() / 2**20
         ctx.close()
-        rows.append({"prefix": length, "fork_ms": fork * 1e3, "drop_ms": drop * 1e3, "prefill_ms": prefill * 1e3,
-                     "ratio": prefill / fork})
-        print(f"  prefix {length:5d}: fork {fork * 1e3:7.3f} ms   drop {drop * 1e3:7.3f} ms   "
+        rows.append({"prefix": length, "unified": unified, "stream_cells": ctx.cells_per_seq, "fork_ms": fork * 1e3,
+                     "prefill_ms": prefill * 1e3, "ratio": prefill / fork})
+        what = "tags cells" if unified else f"copies a {ctx.cells_per_seq}-cell stream, {stream_mb:.0f} MB"
+        print(f"  {'unified' if unified else 'streams'} prefix {length:5d}: fork {fork * 1e3:7.2f} ms ({what})   "
               f"re-prefill {prefill * 1e3:9.1f} ms   prefill/fork {prefill / fork:9.0f}x")
+    return rows
+
+
+def section_layout(model, threads, sizes, position=600, steps=20):
+    """Decode tokens/s of B rows whose sequences already hold `position` cells each."""
+    import os
+
+    rng = np.random.default_rng(0)
+    layouts = [("streams, flash attention off", False, "0"), ("streams, flash attention on", False, "1"),
+               ("unified, llama.cpp's choice", True, None)]
+    rows = []
+    for b in sizes:
+        speeds = {}
+        for name, unified, flash in layouts:
+            if flash is None:
+                os.environ.pop("EAGER_LOCAL_FLASH_ATTN", None)
+            else:
+                os.environ["EAGER_LOCAL_FLASH_ATTN"] = flash
+            cells = _round(position + steps + 1)
+            size = ContextSize(cells=cells * b if unified else cells, n_seq_max=b, n_batch=2048, unified=unified)
+            ctx = Context(model, size, n_threads=threads)
+            for start in range(0, position, 50):  # interleaved, as sequences decoded in lockstep lie
+                chunk = min(50, position - start)
+                ctx.decode(rng.integers(100, 20000, chunk * b).astype(np.int32),
+                           np.tile(np.arange(start, start + chunk, dtype=np.int32), b),
+                           np.repeat(np.arange(b, dtype=np.int32), chunk), np.zeros(chunk * b, np.int8))
+            t0 = time.perf_counter()
+            for i in range(steps):
+                ctx.decode(rng.integers(100, 20000, b).astype(np.int32), np.full(b, position + i, np.int32),
+                           np.arange(b, dtype=np.int32), np.ones(b, np.int8))
+            speeds[name] = b * steps / (time.perf_counter() - t0)
+            ctx.close()
+        os.environ.pop("EAGER_LOCAL_FLASH_ATTN", None)
+        base = speeds["unified, llama.cpp's choice"]
+        print(f"  B={b:<3d} " + "   ".join(f"{name} {v:6.1f} t/s ({v / base:4.2f} x)" for name, v in speeds.items()))
+        rows.append({"B": b, **speeds})
     return rows
 
 
@@ -208,7 +270,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=64, help="tokens per sequence in the decode section")
     ap.add_argument("--sizes", default="1,8,32")
     ap.add_argument("--rounds", type=int, default=3, help="alternating repetitions per B in the decode section")
-    ap.add_argument("--only", default="decode,sequential,fork,memory")
+    ap.add_argument("--only", default="decode,sequential,fork,memory,layout")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
 
@@ -233,6 +295,9 @@ def main():
     if "memory" in sections:
         print("memory: peak RSS with M = 32 branches")
         results["memory"] = section_memory(threads, 32, 256)
+    if "layout" in sections:
+        print("layout: B rows at position 600, KV streams vs one unified cache (tokens/s, x unified)")
+        results["layout"] = section_layout(model, threads, [1, 4, 16])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

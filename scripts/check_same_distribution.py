@@ -23,7 +23,7 @@ from eager_local.llama_server import LlamaServer
 
 
 def our_top(llm: EagerLocal, tokens: list[int], temperature: float, k: int = 5) -> list[tuple[int, float]]:
-    ctx = Context(llm.model, ContextSize(n_ctx=512, n_seq_max=1, n_batch=512), n_threads=llm.engine.n_threads)
+    ctx = Context(llm.model, ContextSize(cells=512, n_seq_max=1, n_batch=512), n_threads=llm.engine.n_threads)
     try:
         z = np.asarray(ctx.prefill(tokens, 0), dtype=np.float64).ravel() / temperature
     finally:

@@ -189,7 +189,7 @@ def test_pick_continues_from_the_picked_branch_without_recomputing(session, pref
     # chunking changes llama.cpp's float results, so comparing against one big prefill would test
     # the matmul path, not the cache reuse.
     history = first.prompt + branch.tokens
-    fresh = Context(session.llm.model, ContextSize(n_ctx=1024, n_seq_max=1, n_batch=512), n_threads=engine.n_threads)
+    fresh = Context(session.llm.model, ContextSize(cells=1024, n_seq_max=1, n_batch=512, unified=True), n_threads=engine.n_threads)
     try:
         fresh.prefill(first.prompt, 0)
         for pos in range(len(first.prompt), expected_reuse):

@@ -83,7 +83,7 @@ def test_forked_branches_see_the_same_logits_as_a_fresh_context(llm, arith_promp
     forked = [s for s in tree.sequences if s.fork_at > 0]
     assert forked, "expected a fork after the first token"
     prompt = llm.prompt_tokens(arith_prompt)
-    ctx = Context(llm.model, ContextSize(n_ctx=512, n_seq_max=1, n_batch=512), n_threads=llm.engine.n_threads)
+    ctx = Context(llm.model, ContextSize(cells=512, n_seq_max=1, n_batch=512), n_threads=llm.engine.n_threads)
     try:
         for seq in tree.sequences:
             ctx.clear()
@@ -188,13 +188,33 @@ def test_many_prompts_share_batches(llm):
 
 
 def test_kv_full_cuts_sequences_without_losing_tokens(llm, arith_prompt):
+    """Memory for M + 1 streams of 256 cells only: sequences that reach the end of their stream
+    finish with kv_full, keeping every token they sampled."""
+    streams = 8 + 1
+    tiny = Engine(llm.model, n_threads=llm.engine.n_threads, kv_memory=streams * 256 * llm.model.kv_bytes_per_cell())
+    config = llm.config(theta=0.0, max_sequences=8, max_new_tokens=400, ignore_eos=True)
+    (tree,) = tiny.generate(requests_for(llm, [arith_prompt]), config)
+    assert tiny.context.n_ctx == streams * 256 and tiny.context.cells_per_seq == 256
+    reasons = {s.finish_reason for s in tree.sequences}
+    assert reasons == {T.KV_FULL}
+    assert len(tree.sequences) == 8
+    # each sequence filled its stream: prompt + every token but the last (never decoded) = 256 cells
+    assert all(tree.prompt_tokens + len(s.tokens) - 1 == 256 for s in tree.sequences)
+    tiny.context.close()
+
+
+def test_kv_full_in_a_unified_cache_cuts_sequences_without_losing_tokens(llm, arith_prompt):
+    """A caller who keeps sequences gets a unified cache; when its 256 cells run out, rows are cut."""
     tiny = Engine(llm.model, n_threads=llm.engine.n_threads, kv_memory=256 * llm.model.kv_bytes_per_cell())
     config = llm.config(theta=0.0, max_sequences=8, max_new_tokens=200)
-    (tree,) = tiny.generate(requests_for(llm, [arith_prompt]), config)
+    (tree,) = tiny.generate(requests_for(llm, [arith_prompt]), config, keep_sequences=True)
+    assert tiny.context.size.unified and tiny.context.n_ctx == 256
     reasons = {s.finish_reason for s in tree.sequences}
     assert T.KV_FULL in reasons
     assert all(len(s.tokens) > 0 for s in tree.sequences)
     assert tree.generated_tokens + tree.prompt_tokens > 256 - 8  # it really filled the cache
+    for seq in tree.sequences:
+        tiny.release(seq.llama_seq)
     tiny.context.close()
 
 
@@ -202,7 +222,7 @@ def test_parked_sequence_resumes_exactly(llm, arith_prompt):
     """Save a sequence's state, drop it, disturb the cache, restore it elsewhere: same continuation."""
     model = llm.model
     prompt = llm.prompt_tokens(arith_prompt)
-    ctx = Context(model, ContextSize(n_ctx=1024, n_seq_max=4, n_batch=512), n_threads=llm.engine.n_threads)
+    ctx = Context(model, ContextSize(cells=256, n_seq_max=4, n_batch=512), n_threads=llm.engine.n_threads)
     try:
         def greedy(seq_id, first_logits, start, n):
             out, logits = [], first_logits
@@ -275,7 +295,7 @@ def step_widths_of(llm, monkeypatch, engine, config) -> tuple[list, list[int]]:
 
 
 def test_new_prompts_wait_while_the_batch_is_full(llm, monkeypatch):
-    """Admission stops at max_batch_rows live rows (unified-KV attention grows with rows x cells)."""
+    """Admission stops at max_batch_rows live rows."""
     engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8)
     config = llm.config(method="parallel", max_sequences=4, max_new_tokens=12)
     trees, step_widths = step_widths_of(llm, monkeypatch, engine, config)
@@ -313,3 +333,89 @@ def test_row_forecast_starts_at_the_cap_and_follows_finished_prompts():
 def test_unknown_admission_rule_is_refused(llm):
     with pytest.raises(ConfigError, match="unknown admission rule 'widest'"):
         Engine(llm.model, admission="widest")
+
+
+# --- KV layout: a stream per sequence (run, eval) or one unified cache (chat) ------------------------
+def test_streams_by_default_unified_when_sequences_are_kept(llm, arith_prompt):
+    engine = Engine(llm.model, n_threads=llm.engine.n_threads)
+    config = llm.config(theta=1.5, max_sequences=4, max_new_tokens=8)
+    requests = requests_for(llm, [arith_prompt])
+    engine.generate(requests, config)
+    assert not engine.context.size.unified
+    (tree,) = engine.generate(requests, config, keep_sequences=True)
+    assert engine.context.size.unified
+    for seq in tree.sequences:
+        engine.release(seq.llama_seq)
+    forced = Engine(llm.model, n_threads=llm.engine.n_threads, kv_layout="unified")
+    forced.generate(requests, config)
+    assert forced.context.size.unified
+    with pytest.raises(ConfigError, match="unknown KV layout"):
+        Engine(llm.model, kv_layout="paged")
+    engine.reset()
+    forced.reset()
+
+
+def test_moved_and_forked_sequences_continue_exactly(llm, arith_prompt):
+    """A fork copies the parent's stream before the next decode; a move renumbers a sequence; parking
+    right after them (nothing decoded in between) must still save the copied cells."""
+    prompt = llm.prompt_tokens(arith_prompt)
+    ctx = Context(llm.model, ContextSize(cells=256, n_seq_max=4, n_batch=512), n_threads=llm.engine.n_threads)
+    try:
+        def greedy(seq_id, logits, start, n):
+            out = []
+            for i in range(n):
+                out.append(int(np.argmax(logits)))
+                logits = ctx.decode([out[-1]], [start + i], [seq_id], [1])[0].copy()
+            return out, logits
+
+        head, logits = greedy(0, ctx.prefill(prompt, 0), len(prompt), 5)
+        ctx.fork(0, 1)
+        ctx.move(1, 3)
+        state = ctx.park(3)  # before any decode: the copies must be made first
+        ctx.drop(3)
+        ctx.restore(state, 2)
+        assert [ctx.seq_length(i) for i in range(4)] == [len(prompt) + 5, 0, len(prompt) + 5, 0]
+        original, original_logits = greedy(0, logits, len(prompt) + 5, 10)
+        copied, copied_logits = greedy(2, logits, len(prompt) + 5, 10)
+        assert copied == original
+        np.testing.assert_allclose(copied_logits, original_logits, atol=1e-4)
+    finally:
+        ctx.close()
+
+
+def batch_ids_of(llm, monkeypatch, engine, config) -> list[list[int]]:
+    """The sequence ids of every generation step's batch (every row wants logits; prefills do not)."""
+    batches = []
+    original = Context.decode
+
+    def observed(self, tokens, positions, seq_ids, want_logits):
+        if len(tokens) and np.all(np.asarray(want_logits) == 1):
+            batches.append([int(i) for i in seq_ids])
+        return original(self, tokens, positions, seq_ids, want_logits)
+
+    monkeypatch.setattr(Context, "decode", observed)
+    engine.generate(requests_for(llm, SIX_PROMPTS), config)
+    monkeypatch.setattr(Context, "decode", original)
+    return batches
+
+
+def test_rows_keep_one_block_of_increasing_ids(llm, monkeypatch):
+    """llama.cpp runs one micro-batch per run of consecutive ids: rows that finish leave holes, and
+    the engine moves the highest rows into them. A prompt's prefilled row skips one step (its
+    logits come from the prefill), so admissions leave a hole for that step only."""
+    config = llm.config(theta=1.8, max_sequences=4, max_new_tokens=40)
+
+    def holed_steps(engine):
+        batches = batch_ids_of(llm, monkeypatch, engine, config)
+        assert all(ids == sorted(ids) for ids in batches)  # increasing, as llama.cpp wants them
+        engine.reset()
+        return sum(ids != list(range(ids[0], ids[0] + len(ids))) or ids[0] != 0 for ids in batches), len(batches)
+
+    engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8)
+    holed, steps = holed_steps(engine)
+    assert steps > 20
+    assert holed <= len(SIX_PROMPTS)  # at most the step after each admission
+
+    monkeypatch.setattr("eager_local.engine._StepLoop._compact_ids", lambda self: None)
+    holed_without_moves, _ = holed_steps(engine)
+    assert holed_without_moves > 2 * len(SIX_PROMPTS)
