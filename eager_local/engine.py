@@ -247,9 +247,10 @@ class Engine:
 
         Each active prompt reserves its worst case, so no sequence runs out of cells in normal
         operation, and the memory limit lowers concurrency before that. Streams (see Context):
-        every sequence gets a stream long enough for the longest prompt and a full generation (and
-        for any sequence kept for the caller), M per prompt; if even one prompt's streams do not
-        fit, they are shortened and sequences that reach the end of theirs finish with `kv_full`.
+        every sequence gets a stream long enough for the longest prompt and a full generation, M
+        per prompt (sequences kept for the caller imply a unified cache: see stream()); if even one
+        prompt's streams do not fit, they are shortened and sequences that reach the end of theirs
+        finish with `kv_full`.
         Unified: a prompt reserves its prompt plus M full-length sequences of cells.
         """
         cap = config.max_sequences
@@ -259,7 +260,7 @@ class Engine:
             per_prompt = longest_prompt + cap * config.max_new_tokens
             prompts_that_fit = cell_limit // per_prompt
         else:
-            stream = _round_up(max(longest_prompt + config.max_new_tokens, self._pinned_cells(), 1), 256)
+            stream = _round_up(longest_prompt + config.max_new_tokens, 256)
             prompts_that_fit = (cell_limit // stream - pinned - 1) // cap
         concurrent = min(
             n_prompts,
@@ -284,12 +285,9 @@ class Engine:
         return max(256, self.kv_memory // self.model.kv_bytes_per_cell())
 
     def _pinned_cells(self) -> int:
-        """Cells the sequences kept for the caller hold (streams: the longest one, whose stream
-        must fit in a new context too)."""
         if not self.context:
             return 0
-        lengths = [self.context.seq_length(s) for s in self._pinned]
-        return sum(lengths) if self.context.size.unified else max(lengths, default=0)
+        return sum(self.context.seq_length(s) for s in self._pinned)
 
     def _ensure_context(self, size: ContextSize) -> Context:
         ctx = self.context
@@ -310,7 +308,8 @@ class Engine:
             if size.unified:
                 size = replace(roomy, cells=max(size.cells, min(self._cell_limit(), grown)))
             else:
-                roomy = replace(roomy, cells=max(size.cells, grown if size.cells > ctx.cells_per_seq else ctx.cells_per_seq))
+                cells = max(size.cells, grown) if size.cells > ctx.cells_per_seq else ctx.cells_per_seq
+                roomy = replace(roomy, cells=cells)
                 size = roomy if roomy.n_ctx <= self._cell_limit() else size
         if ctx:
             ctx.close()

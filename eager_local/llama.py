@@ -4,9 +4,9 @@ Everything above it sees numpy arrays and token ids. It wraps llama-cpp-python's
 (pinned in pyproject.toml: that API changes between releases) into two objects:
 
 - `Model`: a loaded GGUF, its vocabulary, tokenizer and chat template;
-- `Context`: one llama.cpp context with many sequences, each in its own KV stream, a reusable batch,
-  the logits of the last decode as a zero-copy (rows, vocab) view, sequence fork/drop and
-  per-sequence state park/restore.
+- `Context`: one llama.cpp context with many sequences (a KV stream each, or one unified cache), a
+  reusable batch, the logits of the last decode as a zero-copy (rows, vocab) view, sequence
+  fork/drop and per-sequence state park/restore.
 
 The shape follows llama.cpp's `batched` and `parallel` examples.
 """
@@ -276,8 +276,8 @@ def _flash_attention(model: "Model", unified: bool) -> int:
     """llama.cpp's flash-attention setting for a context of this model.
 
     With streams on the CPU it is off: llama.cpp's CPU flash-attention kernel made 16 rows at
-    position 600 decode at 46 instead of 101 tokens/s (scripts/bench_engine.py, section
-    attention). A unified cache keeps llama.cpp's choice: there its kernel skips the cells of other
+    position 600 decode at 58 instead of 132 tokens/s (scripts/bench_engine.py, section layout;
+    BENCHMARKS.md). A unified cache keeps llama.cpp's choice: there its kernel skips the cells of other
     sequences, so a row's result does not depend on where they sit (chat compares a continued
     branch with a fresh context). Layers on a GPU: llama.cpp's choice.
     EAGER_LOCAL_FLASH_ATTN=1 or 0 overrides.
@@ -295,14 +295,14 @@ class Context:
 
     - streams (the default): each sequence has a KV stream of its own and a generated row attends
       over its own cells only. A fork copies the parent's stream (llama.cpp does it before the
-      next decode: ~2.5 ms for SmolLM2-135M's 768-cell stream) and a shared prefix is stored once
+      next decode: 4 ms for SmolLM2-135M's 512-cell stream, BENCHMARKS.md) and a shared prefix is stored once
       per branch. llama.cpp splits a batch into one micro-batch per run of consecutive sequence
       ids (each re-reads all weights), so callers keep the ids they decode together contiguous
       and in increasing order.
     - unified: one pool of cells; a fork only tags the parent's cells with the child's id, so a
       long shared prefix (a chat history) is stored once. But every row attends over all cells in
       use, every prompt's and every branch's, so a step costs rows x all cells: 16 rows at
-      position 600 decoded 3x slower than with streams (docs/results.md).
+      position 600 decoded 2.8x slower than with streams (BENCHMARKS.md, section layout).
     """
 
     def __init__(self, model: Model, size: ContextSize, *, n_threads: int | None = None):
