@@ -14,8 +14,12 @@ a reasoning model's is low over long stretches. Calibration measures it instead:
    bisection on the estimate.
 4. **Check** the θ of the requested target with a short real EAGer-init run on the same prompts;
    when the achieved mean #S misses the target, refine once (`run_check`): every real run is a
-   measured point (θ, #S), and θ is interpolated between measured points that bracket the target.
+   measured point (θ, #S), and θ is interpolated between measured points that bracket the target;
+   otherwise the closest run scales the estimator's curve to its level (`corrected_theta`).
    Predictions, achieved means and their standard errors are kept and reported.
+
+How many prompts: `calibration_prompts` (8 at 512 new tokens, more for shorter generations, up to
+64): the check's mean #S is only as precise as the number of prompts it averages.
 
 Profiles live next to the model in the cache, `home_dir()/profiles/<model-sha256[:16]>.json`, one
 entry per (model sha256, K, temperature, sampling, tempered, prompt format, max_new_tokens, task);
@@ -54,6 +58,9 @@ __all__ = [
     "quantiles",
     "estimate_sequences",
     "theta_for_target",
+    "corrected_theta",
+    "choose_theta",
+    "calibration_prompts",
     "default_targets",
     "record_traces",
     "check_theta",
@@ -70,8 +77,16 @@ __all__ = [
 PROFILE_VERSION = 1
 PROFILE_FORMAT = "eager_local.calibration"
 QUANTILE_LEVELS = (50.0, 75.0, 90.0, 95.0, 97.5, 99.0, 99.5, 99.9)
-DEFAULT_PROMPTS = 8  # prompts decoded to record traces
 DEFAULT_SAMPLES = 2  # sampled sequences per prompt
+# How many prompts to decode: as many as RECORD_TOKENS allow (prompts x samples x max_new_tokens),
+# between MIN_PROMPTS and MAX_PROMPTS. At the defaults (512 new tokens) that is 8 prompts, which
+# keeps calibration under two minutes; shorter generations get more prompts for the same cost, and
+# the check needs them: per-prompt #S is mostly branching noise (1 to M at the same θ), so the
+# check's mean is only as precise as the number of prompts it averages (docs/calibration.md).
+RECORD_TOKENS = 8192
+MIN_PROMPTS = 8
+MAX_PROMPTS = 64
+PROMPTS_ENV = "EAGER_LOCAL_CALIBRATION_PROMPTS"  # overrides the count (tests, slow machines)
 DEFAULT_REPLICATES = 200  # simulated EAGer-init runs per prompt and θ
 REFINE_TOLERANCE = 0.25  # refine when the check misses the target by more than this (relative)
 DEFAULT_TASK = "default"  # `run`/`chat` without a dataset: calibrated on the first gsm8k problems
@@ -478,8 +493,10 @@ def run_check(calibration: Calibration, llm, prompt_tokens: list[list[int]], set
     #S varies a lot between prompts) is refined once: a second run at θ interpolated between the
     measured points if they now bracket the target, else at the estimator's θ for target / r with
     r = achieved / predicted (as if the estimator were off by a constant factor near the target).
-    The θ kept is interpolated between the measured points if they bracket the target, else it is
-    the θ of the run that came closest. Interpolation is linear in log #S after making the points
+    The θ kept is interpolated between the measured points if they bracket the target after a
+    refinement; else the run that came closest, if it missed by more than its standard error,
+    corrects the estimator's level (`corrected_theta`: its miss is undone along the estimated
+    curve); otherwise (within its error, no branching, or the cap) it is that run's θ. Interpolation is linear in log #S after making the points
     non-increasing in θ (pool-adjacent-violators): the #S-vs-θ curve is close to exponential near
     the top of the entropy range. The check is stored in `calibration.checks` and returned.
     """
@@ -519,17 +536,60 @@ def run_check(calibration: Calibration, llm, prompt_tokens: list[list[int]], set
     check = {"target": target, "max_sequences": max_sequences, "branch_window": branch_window,
              "runs": runs, "refined": len(runs) > 1, "checked": True,
              "estimated_theta": round(theta_est, 4), "estimated": round(predicted_est, 3)}
-    points = measured + [(r["theta"], r["achieved"]) for r in runs]
-    chosen = measured_theta(points, target) if check["refined"] else None
-    if chosen is not None:
-        check.update(theta=round(chosen, 4), predicted=float(target), achieved=None, interpolated=True)
-    else:
-        best = min(runs, key=lambda r: abs(r["achieved"] - target))
-        check.update(theta=best["theta"], predicted=best["predicted"], achieved=best["achieved"])
+    check.update(choose_theta(calibration.traces, runs, measured, target, max_sequences,
+                              top_k_entropy=calibration.key.top_k_entropy, branch_window=branch_window))
     calibration.checks = [c for c in calibration.checks
                           if not (c["target"] == target and c["max_sequences"] == max_sequences
                                   and c["branch_window"] == branch_window)] + [check]
     return check
+
+
+def choose_theta(traces, runs: list[dict], measured: Sequence[tuple[float, float]], target: float,
+                 max_sequences: int, *, top_k_entropy: int, branch_window: int = 1000) -> dict:
+    """The θ a check keeps, from its real runs (and earlier measured points): the check's fields.
+
+    After a refinement, θ interpolated between measured points that bracket the target. Else the
+    run closest to the target: if it missed by more than its standard error, its level corrects
+    the estimate (`corrected_theta`); a miss within one standard error is no evidence against the
+    estimate (at the defaults, 8 prompts, the error is large, and on GSM8K the estimated curve is
+    too flat, so a correction along it would move θ far on noise), so the run's θ is kept.
+    """
+    if len(runs) > 1:
+        chosen = measured_theta(list(measured) + [(r["theta"], r["achieved"]) for r in runs], target)
+        if chosen is not None:
+            return {"theta": round(chosen, 4), "predicted": float(target), "achieved": None, "interpolated": True}
+    best = min(runs, key=lambda r: abs(r["achieved"] - target))
+    if abs(best["achieved"] - target) > best.get("stderr", 0.0):
+        corrected = corrected_theta(traces, best["theta"], best["achieved"], target, max_sequences,
+                                    top_k_entropy=top_k_entropy, branch_window=branch_window)
+        if corrected is not None:
+            theta, ratio = corrected
+            return {"theta": round(theta, 4), "predicted": float(target), "achieved": None, "corrected": True,
+                    "ratio": round(ratio, 3), "measured_theta": best["theta"], "measured": best["achieved"]}
+    return {"theta": best["theta"], "predicted": best["predicted"], "achieved": best["achieved"]}
+
+
+def corrected_theta(traces, theta: float, achieved: float, target: float, max_sequences: int, *,
+                    top_k_entropy: int, branch_window: int = 1000) -> tuple[float, float] | None:
+    """θ for `target` once the estimator is scaled to a real run at θ; (θ, ratio) or None.
+
+    The estimator reads the shape of #S(θ) from the traces but can miss its level (it treats the
+    continuations after a fork like fresh samples), and a real run measures the level at one θ
+    only. With r = achieved / estimate(θ), the θ returned is the estimator's θ for target / r: a
+    run that missed the target is corrected along the estimated curve instead of being kept as is.
+    None when the run says nothing about the level: no branching at all (#S = 1) or every prompt at
+    the cap; or when the estimate at θ is 1.
+    """
+    if not 1.0 < achieved < max_sequences:
+        return None
+    estimate = estimate_sequences(traces, theta, max_sequences, branch_window=branch_window)
+    if estimate <= 1.0:
+        return None
+    ratio = achieved / estimate
+    aim = min(max(target / ratio, 1.0), float(max_sequences))
+    corrected, _ = theta_for_target(traces, aim, max_sequences, top_k_entropy=top_k_entropy,
+                                    branch_window=branch_window)
+    return corrected, ratio
 
 
 def _non_increasing(values: list[float]) -> list[float]:
@@ -671,7 +731,25 @@ def task_of_dataset(dataset: str | None) -> str:
     return "file:" + str(Path(text).expanduser().resolve())
 
 
-def dataset_problems(dataset: str | None, *, limit: int = DEFAULT_PROMPTS, offset: int = 0) -> list[str]:
+def calibration_prompts(max_new_tokens: int, samples: int = DEFAULT_SAMPLES) -> int:
+    """Prompts calibration decodes by default: RECORD_TOKENS / (samples x max_new_tokens), clamped.
+
+    $EAGER_LOCAL_CALIBRATION_PROMPTS, when set, is used instead.
+    """
+    override = os.environ.get(PROMPTS_ENV, "").strip()
+    if override:
+        try:
+            count = int(override)
+        except ValueError:
+            raise CalibrationError(f"{PROMPTS_ENV} must be a whole number, got {override!r}") from None
+        if count < 1:
+            raise CalibrationError(f"{PROMPTS_ENV} must be >= 1, got {count}")
+        return count
+    per_prompt = max(1, samples) * max(1, max_new_tokens)
+    return min(MAX_PROMPTS, max(MIN_PROMPTS, RECORD_TOKENS // per_prompt))
+
+
+def dataset_problems(dataset: str | None, *, limit: int = MIN_PROMPTS, offset: int = 0) -> list[str]:
     """Problem texts of a dataset spec (None: the default calibration set, gsm8k)."""
     from .eval.datasets import load_dataset, select
 
@@ -842,7 +920,7 @@ def resolve_theta(
     prompt_template: str = RAW_TEMPLATE,
     dataset_hint: str | None = None,
     seed: int = 55,
-    calibrate_prompts: int = DEFAULT_PROMPTS,
+    calibrate_prompts: int | None = None,
     calibration_problems: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[float, dict]:
@@ -850,8 +928,8 @@ def resolve_theta(
 
     auto/quantile use the model's profile for exactly these settings and task (dataset_hint's
     family, else the default task); without one — or with a stale or mismatched one — calibration
-    runs first (on the first `calibrate_prompts` problems of dataset_hint, else of gsm8k) and is
-    saved (`calibration_problems`, when given, are decoded instead: eval passes its problem texts,
+    runs first (on the first `calibrate_prompts` problems of dataset_hint, else of gsm8k; None:
+    calibration_prompts(max_new_tokens)) and is saved (`calibration_problems`, when given, are decoded instead: eval passes its problem texts,
     already read with the user's field names). For auto, a target not yet checked for this (M, W) is checked with a short real run and
     the check is saved too. Returns (θ, info) with info for the report: spec, target, predicted,
     achieved on the calibration prompts, the profile path and key.
@@ -874,6 +952,8 @@ def resolve_theta(
         if target < 1:
             raise ConfigError(f"target-sequences must be >= 1, got {target}")
         target = min(target, max_sequences)
+    if calibrate_prompts is None:
+        calibrate_prompts = calibration_prompts(max_new_tokens)
     prompts = None
     if calibration_problems is not None:
         prompts = list(calibration_problems)[:calibrate_prompts]
@@ -917,7 +997,9 @@ def resolve_theta(
     theta, check = entry.theta_for(target, max_sequences, branch_window)
     info.update(theta=theta, target=target, max_sequences=max_sequences, predicted=check.get("predicted"),
                 achieved_on_calibration=check.get("achieved"), refined=check.get("refined", False),
-                interpolated=check.get("interpolated", False))
+                interpolated=check.get("interpolated", False), corrected=check.get("corrected", False))
+    if check.get("corrected"):
+        info.update(measured_theta=check["measured_theta"], measured_on_calibration=check["measured"])
     return theta, info
 
 

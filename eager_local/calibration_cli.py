@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
@@ -14,7 +15,9 @@ from .cli import user_errors
 @click.option("--dataset", "-d", default=None,
               help="Calibrate on this dataset (gsm8k, math500, aime2024, aime2025, arith[:N[:SEED[:LEVELS]]], a .jsonl); "
                    "`eval -d` on the same family uses the profile.")
-@click.option("--limit", type=int, default=8, show_default=True, help="Problems of --dataset to decode.")
+@click.option("--limit", type=int, default=None,
+              help="Problems of --dataset to decode (default: 8 at -n 512, more for shorter generations, "
+                   "up to 64: as many as 8,192 recorded tokens allow).")
 @click.option("--offset", type=int, default=0, show_default=True, help="Skip this many problems of --dataset first.")
 @click.option("--prompts", "prompts_file", default=None,
               help="File of prompts (one per line, or JSONL with \"prompt\"): the profile `run`/`chat` use.")
@@ -56,10 +59,12 @@ def calibrate_command(model, dataset, limit, offset, prompts_file, samples, max_
 
     if dataset and prompts_file:
         raise ConfigError("give --dataset or --prompts, not both")
-    if limit < 1:
+    if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1, got {limit}")
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples}")
+    if limit is None:
+        limit = C.calibration_prompts(max_new_tokens, samples)
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
     if not 2 <= max_sequences <= MAX_SEQUENCES:
@@ -123,9 +128,26 @@ def calibrate_command(model, dataset, limit, offset, prompts_file, samples, max_
     click.echo(render_profile(entry, table, check, max_sequences, path))
 
 
-def render_profile(entry, table, check, max_sequences, path) -> str:
-    import math
+def precision_line(check: dict) -> str:
+    """How far the check's mean #S can be from the task's: its standard error, and the prompts for ±12.5 %.
 
+    Per-prompt #S is heavy-tailed (most prompts 1-3 sequences, a few at the cap), so a mean over a
+    few dozen prompts is loose; on other prompts of the task expect the target within about two
+    of these errors.
+    """
+    run = min(check["runs"], key=lambda r: abs(r["achieved"] - check["target"]))
+    prompts = len(run.get("per_prompt", [])) or 1
+    if run["achieved"] <= 0 or prompts < 2:
+        return "  precision: one prompt, no standard error"
+    relative = run.get("stderr", 0.0) / run["achieved"]
+    wanted = 0.125
+    needed = math.ceil(prompts * (relative / wanted) ** 2) if relative > 0 else prompts
+    advice = (f"about {needed} prompts (--limit) would make it ±{wanted * 100:g} %" if needed > prompts
+              else f"enough prompts for ±{wanted * 100:g} %")
+    return f"  precision: ±{relative * 100:.0f} % (standard error of the mean #S over {prompts} prompts); {advice}"
+
+
+def render_profile(entry, table, check, max_sequences, path) -> str:
     key = entry.key
     n_traces = sum(len(p) for p in entry.traces)
     lines = [
@@ -152,8 +174,14 @@ def render_profile(entry, table, check, max_sequences, path) -> str:
             lines.append(f"  {label:<8} θ = {run['theta']:.3f}  {how}{run['predicted']:.2f}  "
                          f"achieved {run['achieved']:.2f} ± {run.get('stderr', 0):.2f}  "
                          f"({run['tokens']} tokens, {run['seconds']:.1f} s)")
-        how = " (interpolated between the real runs, linear in log #S)" if c.get("interpolated") else ""
+        how = ""
+        if c.get("interpolated"):
+            how = " (interpolated between the real runs, linear in log #S)"
+        elif c.get("corrected"):
+            how = (f" (the estimate scaled by {c['ratio']:.2f}, the run at θ {c['measured_theta']:.3f}: "
+                   f"{c['measured']:.2f} / estimated)")
         lines.append(f"  use θ = {c['theta']:.3f}{how} for --theta auto --target-sequences {c['target']}")
+        lines.append(precision_line(c))
     t = entry.timing
     lines += ["", f"calibration took {t.get('total_seconds', 0):.1f} s "
                   f"({t.get('record_tokens', 0) + t.get('check_tokens', 0)} tokens generated)",

@@ -111,6 +111,9 @@ def describe_theta(info: dict) -> str:
     text = f"auto: target {info['target']} sequences per prompt"
     if info.get("achieved_on_calibration") is not None:
         text += f", {info['achieved_on_calibration']:.2f} on the calibration prompts"
+    elif info.get("corrected"):
+        text += (f", corrected from {info['measured_on_calibration']:.2f} on the calibration prompts"
+                 f" at θ {info['measured_theta']:.3f}")
     return text
 
 

@@ -122,6 +122,61 @@ def test_measured_theta_pools_real_runs():
     assert C.measured_theta([(2.4, 12.0)], 12.0) is None
 
 
+def test_corrected_theta_scales_the_estimate_to_the_real_run():
+    trace = [2.8, 2.4, 1.9, 1.0, 0.2]  # estimate: θ in [2.4, 2.8) -> 2, [1.9, 2.4) -> 4, [1.0, 1.9) -> 8
+    # A real run at θ = 2.0 (estimate 4) reached 8: the estimator is low by 2x, so target 4 needs
+    # the θ the estimator gives 2 for.
+    theta, ratio = C.corrected_theta([[trace]], 2.0, 8.0, 4, 16, top_k_entropy=20)
+    assert ratio == pytest.approx(2.0) and 2.4 <= theta < 2.8
+    # It reached 2: the estimator is high by 2x, target 4 needs the estimator's 8.
+    theta, ratio = C.corrected_theta([[trace]], 2.0, 2.0, 4, 16, top_k_entropy=20)
+    assert ratio == pytest.approx(0.5) and 1.0 <= theta < 1.9
+    # Exactly on target: the θ found has the same estimate as the run's.
+    theta, ratio = C.corrected_theta([[trace]], 2.0, 4.0, 4, 16, top_k_entropy=20)
+    assert ratio == pytest.approx(1.0) and 1.9 <= theta < 2.4
+    # A run with no branching, or every prompt at the cap, says nothing about the level.
+    assert C.corrected_theta([[trace]], 2.0, 1.0, 4, 16, top_k_entropy=20) is None
+    assert C.corrected_theta([[trace]], 2.0, 16.0, 4, 16, top_k_entropy=20) is None
+    assert C.corrected_theta([[trace]], 2.9, 3.0, 4, 16, top_k_entropy=20) is None  # estimate 1 at θ
+
+
+def test_choose_theta_interpolates_corrects_or_keeps_the_run():
+    trace = [2.8, 2.4, 1.9, 1.0, 0.2]  # estimate: 2 in [2.4, 2.8), 4 in [1.9, 2.4), 8 in [1.0, 1.9)
+
+    def run(theta, achieved, stderr):
+        return {"theta": theta, "achieved": achieved, "stderr": stderr, "predicted": 4.0}
+
+    def choose(runs, measured=()):
+        return C.choose_theta([[trace]], runs, list(measured), 4, 16, top_k_entropy=20)
+
+    # Missed by more than its standard error: the run's level corrects the estimate (8 / 4 = 2x).
+    chosen = choose([run(2.0, 8.0, 1.0)])
+    assert chosen["corrected"] and chosen["ratio"] == 2.0 and 2.4 <= chosen["theta"] <= 2.8  # rounded to 4 places
+    assert chosen["measured_theta"] == 2.0 and chosen["measured"] == 8.0 and chosen["achieved"] is None
+    # Within one standard error: no evidence against the estimate, the run's θ and mean are kept.
+    assert choose([run(2.0, 5.0, 2.0)]) == {"theta": 2.0, "predicted": 4.0, "achieved": 5.0}
+    # Refined, and the two runs bracket the target: interpolated in log #S (8 -> 2: halfway is 4).
+    chosen = choose([run(2.0, 8.0, 1.0), run(2.6, 2.0, 0.5)])
+    assert chosen["interpolated"] and chosen["theta"] == pytest.approx(2.3)
+    # Refined but not bracketing: the closer run corrects the estimate.
+    chosen = choose([run(2.0, 9.0, 1.0), run(2.2, 6.0, 1.0)])
+    assert chosen["corrected"] and chosen["measured_theta"] == 2.2 and chosen["ratio"] == 1.5
+
+
+def test_calibration_prompts_follow_the_token_budget(monkeypatch):
+    monkeypatch.delenv(C.PROMPTS_ENV, raising=False)
+    assert C.calibration_prompts(512) == 8  # the defaults: under two minutes
+    assert C.calibration_prompts(96) == 42  # 8192 // (2 x 96)
+    assert C.calibration_prompts(96, samples=1) == 64  # capped
+    assert C.calibration_prompts(4096) == C.MIN_PROMPTS
+    monkeypatch.setenv(C.PROMPTS_ENV, "3")
+    assert C.calibration_prompts(96) == 3
+    for bad in ("0", "many"):
+        monkeypatch.setenv(C.PROMPTS_ENV, bad)
+        with pytest.raises(C.CalibrationError, match=C.PROMPTS_ENV):
+            C.calibration_prompts(96)
+
+
 def test_default_targets():
     assert C.default_targets(8) == [2, 4, 8]
     assert C.default_targets(12) == [2, 4, 8, 12]
@@ -200,7 +255,10 @@ def test_resolve_theta_auto_calibrates_then_reuses_and_recalibrates_when_stale(l
     assert info["calibrated_now"] and info["mode"] == "auto" and info["target"] == 2
     assert 0.0 <= theta <= math.log(20)
     assert info["predicted"] is not None
-    assert info["achieved_on_calibration"] is not None or info["interpolated"]  # measured, or between measured runs
+    # measured, between measured runs, or a run's level applied along the estimate
+    assert info["achieved_on_calibration"] is not None or info["interpolated"] or info["corrected"]
+    if info["corrected"]:
+        assert 1 < info["measured_on_calibration"] < 4  # strictly between "no branching" and the cap M
     path = home / "profiles" / (C.model_sha256(llm)[:16] + ".json")
     assert str(path) == info["profile"] and path.exists()
     doc = json.loads(path.read_text())
@@ -246,6 +304,7 @@ def test_cli_calibrate_default_model(default_model_path, home, monkeypatch):
     out = r.stdout
     assert "entropy quantiles" in out and "q99.5" in out
     assert "checked target 2" in out and "achieved" in out
+    assert "precision: ±" in out and "standard error of the mean #S over 3 prompts" in out
     assert f"profile written to {home / 'profiles'}" in out
     written = list((home / "profiles").glob("*.json"))
     assert len(written) == 1

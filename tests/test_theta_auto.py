@@ -17,7 +17,9 @@ from eager_local import calibration as C
 
 @pytest.fixture
 def env(tmp_path):
-    return dict(os.environ, EAGER_LOCAL_HOME=str(tmp_path / "home"))
+    # At 24 new tokens the default would decode 64 calibration prompts (calibration_prompts): the
+    # old 8 keep these tests fast; test_calibration checks the default count.
+    return dict(os.environ, EAGER_LOCAL_HOME=str(tmp_path / "home"), EAGER_LOCAL_CALIBRATION_PROMPTS="8")
 
 
 @pytest.fixture
@@ -51,6 +53,7 @@ def test_run_theta_auto_calibrates_once_uses_the_profile_and_redoes_a_stale_one(
     assert all(event["entropy"] > info["theta"] for event in doc["events"])
     (entry,) = profile_file(env)["entries"].values()
     assert entry["key"]["task"] == "default" and entry["key"]["max_new_tokens"] == 24
+    assert entry["source"]["prompts"] == 8 and len(entry["traces"]) == 8  # EAGER_LOCAL_CALIBRATION_PROMPTS
     checked = [c for c in entry["checks"] if c["target"] == 2 and c["max_sequences"] == 4]
     assert checked and checked[0]["theta"] == pytest.approx(info["theta"])
 
