@@ -15,7 +15,8 @@ a reasoning model's is low over long stretches. Calibration measures it instead:
 4. **Check** the θ of the requested target with a short real EAGer-init run on the same prompts;
    when the achieved mean #S misses the target, refine once (`run_check`): every real run is a
    measured point (θ, #S), and θ is interpolated between measured points that bracket the target;
-   otherwise the closest run scales the estimator's curve to its level (`corrected_theta`).
+   otherwise the closest run, if it missed by more than its standard error, scales the
+   estimator's curve to its level (`corrected_theta`).
    Predictions, achieved means and their standard errors are kept and reported.
 
 How many prompts: `calibration_prompts` (8 at 512 new tokens, more for shorter generations, up to
@@ -81,8 +82,9 @@ DEFAULT_SAMPLES = 2  # sampled sequences per prompt
 # How many prompts to decode: as many as RECORD_TOKENS allow (prompts x samples x max_new_tokens),
 # between MIN_PROMPTS and MAX_PROMPTS. At the defaults (512 new tokens) that is 8 prompts, which
 # keeps calibration under two minutes; shorter generations get more prompts for the same cost, and
-# the check needs them: per-prompt #S is mostly branching noise (1 to M at the same θ), so the
-# check's mean is only as precise as the number of prompts it averages (docs/calibration.md).
+# the check needs them: per-prompt #S is heavy-tailed (most prompts 1-3 sequences, a few at the cap
+# M), so the check's mean is only as precise as the number of prompts it averages
+# (docs/calibration.md).
 RECORD_TOKENS = 8192
 MIN_PROMPTS = 8
 MAX_PROMPTS = 64
@@ -493,12 +495,12 @@ def run_check(calibration: Calibration, llm, prompt_tokens: list[list[int]], set
     #S varies a lot between prompts) is refined once: a second run at θ interpolated between the
     measured points if they now bracket the target, else at the estimator's θ for target / r with
     r = achieved / predicted (as if the estimator were off by a constant factor near the target).
-    The θ kept is interpolated between the measured points if they bracket the target after a
-    refinement; else the run that came closest, if it missed by more than its standard error,
-    corrects the estimator's level (`corrected_theta`: its miss is undone along the estimated
-    curve); otherwise (within its error, no branching, or the cap) it is that run's θ. Interpolation is linear in log #S after making the points
-    non-increasing in θ (pool-adjacent-violators): the #S-vs-θ curve is close to exponential near
-    the top of the entropy range. The check is stored in `calibration.checks` and returned.
+    The θ kept is chosen by `choose_theta`: interpolated between the measured points if they
+    bracket the target after a refinement; else the closest run's level corrects the estimate if
+    that run missed by more than its standard error; else that run's θ. Interpolation is linear in
+    log #S after making the points non-increasing in θ (pool-adjacent-violators): the #S-vs-θ
+    curve is close to exponential near the top of the entropy range. The check is stored in
+    `calibration.checks` and returned.
     """
     say = log or (lambda _m: None)
     theta_est, predicted_est = theta_for_target(calibration.traces, target, max_sequences,
@@ -929,10 +931,11 @@ def resolve_theta(
     auto/quantile use the model's profile for exactly these settings and task (dataset_hint's
     family, else the default task); without one — or with a stale or mismatched one — calibration
     runs first (on the first `calibrate_prompts` problems of dataset_hint, else of gsm8k; None:
-    calibration_prompts(max_new_tokens)) and is saved (`calibration_problems`, when given, are decoded instead: eval passes its problem texts,
-    already read with the user's field names). For auto, a target not yet checked for this (M, W) is checked with a short real run and
-    the check is saved too. Returns (θ, info) with info for the report: spec, target, predicted,
-    achieved on the calibration prompts, the profile path and key.
+    calibration_prompts(max_new_tokens)) and is saved (`calibration_problems`, when given, are
+    decoded instead: eval passes its problem texts, already read with the user's field names). For
+    auto, a target not yet checked for this (M, W) is checked with a short real run and the check
+    is saved too. Returns (θ, info) with info for the report: spec, target, predicted, achieved on
+    the calibration prompts, the profile path and key.
     """
     kind, value = parse_theta_spec(spec)
     if kind == "number":

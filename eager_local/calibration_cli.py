@@ -137,7 +137,7 @@ def precision_line(check: dict) -> str:
     """
     run = min(check["runs"], key=lambda r: abs(r["achieved"] - check["target"]))
     prompts = len(run.get("per_prompt", [])) or 1
-    if run["achieved"] <= 0 or prompts < 2:
+    if prompts < 2:
         return "  precision: one prompt, no standard error"
     relative = run.get("stderr", 0.0) / run["achieved"]
     wanted = 0.125
