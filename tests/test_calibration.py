@@ -320,3 +320,17 @@ def test_cli_calibrate_default_model(default_model_path, home, monkeypatch):
     assert bad.returncode == 2 and "target-sequences" in bad.stderr
     bad = eager("calibrate", "--model", str(default_model_path), "--prompts", str(home / "none.txt"), env=env)
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+def test_describe_theta_says_how_the_auto_theta_was_found():
+    from eager_local.cli import describe_theta
+
+    base = {"mode": "auto", "target": 4}
+    assert describe_theta({**base, "achieved_on_calibration": 4.62}) == (
+        "auto: target 4 sequences per prompt, 4.62 on the calibration prompts")
+    assert describe_theta({**base, "achieved_on_calibration": None, "corrected": True,
+                           "measured_on_calibration": 4.98, "measured_theta": 2.6125}) == (
+        "auto: target 4 sequences per prompt, corrected from 4.98 on the calibration prompts at θ 2.612")
+    assert describe_theta({**base, "achieved_on_calibration": None, "interpolated": True}) == (
+        "auto: target 4 sequences per prompt")
+    assert describe_theta({"mode": "quantile", "quantile": 99.5}) == "q99.5 of the model's top-K entropies"
