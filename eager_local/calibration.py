@@ -525,10 +525,9 @@ def run_check(calibration: Calibration, llm, prompt_tokens: list[list[int]], set
             predicted2, how2 = float(target), "interpolated between runs"
         else:
             ratio = first["achieved"] / max(predicted, 1e-9)
-            aim = min(max(target / ratio, 1.0), float(max_sequences))
-            theta2, est2 = theta_for_target(calibration.traces, aim, max_sequences,
-                                            top_k_entropy=calibration.key.top_k_entropy,
-                                            branch_window=branch_window)
+            theta2, est2, aim = _theta_for_scaled_target(calibration.traces, target, ratio, max_sequences,
+                                                         top_k_entropy=calibration.key.top_k_entropy,
+                                                         branch_window=branch_window)
             predicted2, how2 = est2 * ratio, f"estimator aimed at {aim:.2f}"
         say(f"achieved {first['achieved']:.2f}: refining, θ = {theta2:.3f} ({how2}) …")
         second = check_theta(llm, prompt_tokens, settings, theta2, max_sequences, branch_window)
@@ -588,10 +587,19 @@ def corrected_theta(traces, theta: float, achieved: float, target: float, max_se
     if estimate <= 1.0:
         return None
     ratio = achieved / estimate
-    aim = min(max(target / ratio, 1.0), float(max_sequences))
-    corrected, _ = theta_for_target(traces, aim, max_sequences, top_k_entropy=top_k_entropy,
-                                    branch_window=branch_window)
+    corrected, _, _ = _theta_for_scaled_target(traces, target, ratio, max_sequences,
+                                               top_k_entropy=top_k_entropy, branch_window=branch_window)
     return corrected, ratio
+
+
+def _theta_for_scaled_target(traces, target: float, ratio: float, max_sequences: int, *, top_k_entropy: int,
+                             branch_window: int) -> tuple[float, float, float]:
+    """The estimator's θ for target / ratio (clamped to 1..M), as if it were off by that constant
+    factor near the target; (θ, its estimate, the aim)."""
+    aim = min(max(target / ratio, 1.0), float(max_sequences))
+    theta, estimate = theta_for_target(traces, aim, max_sequences, top_k_entropy=top_k_entropy,
+                                       branch_window=branch_window)
+    return theta, estimate, aim
 
 
 def _non_increasing(values: list[float]) -> list[float]:
