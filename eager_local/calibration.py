@@ -20,7 +20,8 @@ a reasoning model's is low over long stretches. Calibration measures it instead:
    Predictions, achieved means and their standard errors are kept and reported.
 
 How many prompts: `calibration_prompts` (8 at 512 new tokens, more for shorter generations, up to
-64): the check's mean #S is only as precise as the number of prompts it averages.
+64; four times the tokens, up to 128, when `eval` calibrates): the check's mean #S is only as
+precise as the number of prompts it averages.
 
 Profiles live next to the model in the cache, `home_dir()/profiles/<model-sha256[:16]>.json`, one
 entry per (model sha256, K, temperature, sampling, tempered, prompt format, max_new_tokens, task);
@@ -88,6 +89,11 @@ DEFAULT_SAMPLES = 2  # sampled sequences per prompt
 RECORD_TOKENS = 8192
 MIN_PROMPTS = 8
 MAX_PROMPTS = 64
+# `eval --theta auto` is a long measured job whose #S is the point, so it calibrates on four times
+# the tokens (128 prompts at 96 new tokens, 102 at 160, 32 at 512): on held-out arithmetic, 42
+# prompts left SmolLM2 at -44 % of S = 4 and 128 at -20 % (docs/calibration.md, sessions 5-6).
+EVAL_RECORD_TOKENS = 4 * RECORD_TOKENS
+EVAL_MAX_PROMPTS = 128
 PROMPTS_ENV = "EAGER_LOCAL_CALIBRATION_PROMPTS"  # overrides the count (tests, slow machines)
 DEFAULT_REPLICATES = 200  # simulated EAGer-init runs per prompt and θ
 REFINE_TOLERANCE = 0.25  # refine when the check misses the target by more than this (relative)
@@ -741,8 +747,9 @@ def task_of_dataset(dataset: str | None) -> str:
     return "file:" + str(Path(text).expanduser().resolve())
 
 
-def calibration_prompts(max_new_tokens: int, samples: int = DEFAULT_SAMPLES) -> int:
-    """Prompts calibration decodes by default: RECORD_TOKENS / (samples x max_new_tokens), clamped.
+def calibration_prompts(max_new_tokens: int, samples: int = DEFAULT_SAMPLES, *, for_eval: bool = False) -> int:
+    """Prompts calibration decodes by default: RECORD_TOKENS / (samples x max_new_tokens), clamped
+    to MIN_PROMPTS..MAX_PROMPTS; for_eval: EVAL_RECORD_TOKENS, up to EVAL_MAX_PROMPTS.
 
     $EAGER_LOCAL_CALIBRATION_PROMPTS, when set, is used instead.
     """
@@ -756,7 +763,8 @@ def calibration_prompts(max_new_tokens: int, samples: int = DEFAULT_SAMPLES) -> 
             raise CalibrationError(f"{PROMPTS_ENV} must be >= 1, got {count}")
         return count
     per_prompt = max(1, samples) * max(1, max_new_tokens)
-    return min(MAX_PROMPTS, max(MIN_PROMPTS, RECORD_TOKENS // per_prompt))
+    budget, most = (EVAL_RECORD_TOKENS, EVAL_MAX_PROMPTS) if for_eval else (RECORD_TOKENS, MAX_PROMPTS)
+    return min(most, max(MIN_PROMPTS, budget // per_prompt))
 
 
 def dataset_problems(dataset: str | None, *, limit: int = MIN_PROMPTS, offset: int = 0) -> list[str]:
@@ -1024,7 +1032,7 @@ def _source_prompts(source: dict, dataset_hint: str | None, default_limit: int) 
 
 
 def theta_from_options(opts: dict, llm, *, prompt_template: str = RAW_TEMPLATE, dataset_hint: str | None = None,
-                       calibration_problems: Sequence[str] | None = None,
+                       calibration_problems: Sequence[str] | None = None, calibrate_prompts: int | None = None,
                        log: Callable[[str], None] | None = None) -> tuple[float, dict]:
     """resolve_theta() fed from the CLI's generation options (the dict `run`, `chat` and `eval` get).
 
@@ -1048,6 +1056,7 @@ def theta_from_options(opts: dict, llm, *, prompt_template: str = RAW_TEMPLATE, 
         prompt_template=prompt_template,
         dataset_hint=dataset_hint,
         calibration_problems=calibration_problems,
+        calibrate_prompts=calibrate_prompts,
         seed=opts.get("seed", 55),
         log=log,
     )

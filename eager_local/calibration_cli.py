@@ -16,8 +16,9 @@ from .cli import user_errors
               help="Calibrate on this dataset (gsm8k, math500, aime2024, aime2025, arith[:N[:SEED[:LEVELS]]], a .jsonl); "
                    "`eval -d` on the same family uses the profile.")
 @click.option("--limit", type=int, default=None,
-              help="Problems of --dataset to decode (default: 8 at -n 512, more for shorter generations, "
-                   "up to 64: as many as 8,192 recorded tokens allow).")
+              help="Problems to decode (default: as many as 8,192 recorded tokens allow, 8 to 64 — 8 at -n 512; "
+                   "with --dataset, whose profile is eval's, as many as eval calibrates on: 4 x the tokens, "
+                   "up to 128).")
 @click.option("--offset", type=int, default=0, show_default=True, help="Skip this many problems of --dataset first.")
 @click.option("--prompts", "prompts_file", default=None,
               help="File of prompts (one per line, or JSONL with \"prompt\"): the profile `run`/`chat` use.")
@@ -64,7 +65,8 @@ def calibrate_command(model, dataset, limit, offset, prompts_file, samples, max_
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples}")
     if limit is None:
-        limit = C.calibration_prompts(max_new_tokens, samples)
+        # a --dataset profile is the one `eval --theta auto` looks up: calibrate as eval would
+        limit = C.calibration_prompts(max_new_tokens, samples, for_eval=bool(dataset))
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
     if not 2 <= max_sequences <= MAX_SEQUENCES:

@@ -9,6 +9,11 @@ difference to the first `parallel` point given (same prompts), cons@k, p@1, #T, 
 - `distinct`: distinct extracted answers per prompt divided by its sequences (1 = all different).
 --plot draws pass@k against tokens per prompt, one curve per (method, T), θ on each point, with the
 Pareto front (no other point has both more pass@k and fewer tokens) marked.
+
+Points whose θ came from `--theta auto` (a run's theta_calibration) are then set against the curve of
+the fixed θs of the same method and T: the curve's pass@k at the auto point's tokens, interpolated
+between the two fixed points that bracket them, and a paired-bootstrap interval of the gap (issue 6:
+"auto θ is never a worse choice than the best fixed θ a user could have guessed").
 """
 
 from __future__ import annotations
@@ -83,6 +88,37 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def against_fixed_curve(table: list[dict], calibrated: dict[float, str]) -> list[str]:
+    """One line per auto-θ point: its pass@k minus the fixed-θ curve's at the same #T, with a 95% interval.
+
+    The curve is linear in #T between the two bracketing fixed points, prompt by prompt (each prompt's
+    solved 0/1 mixed with the same weights), so the bootstrap keeps prompts paired.
+    """
+    lines = []
+    for auto in table:
+        if auto["theta"] is None or auto["theta"] not in calibrated:
+            continue
+        fixed = sorted((r for r in table if r["method"] == auto["method"] and r["T"] == auto["T"]
+                        and r["theta"] is not None and r["theta"] not in calibrated), key=lambda r: r["#T"])
+        name = f"{auto['method']} {calibrated[auto['theta']]} (θ {auto['theta']:g}, {auto['#T']:.0f} tokens, " \
+               f"pass@k {auto['pass@k']:.3f})"
+        left = [r for r in fixed if r["#T"] <= auto["#T"]]
+        right = [r for r in fixed if r["#T"] >= auto["#T"]]
+        if not left or not right:
+            lines.append(f"- {name}: outside the fixed-θ curve's token range, not compared")
+            continue
+        lo, hi = left[-1], right[0]
+        w = 1.0 if hi["#T"] == lo["#T"] else (hi["#T"] - auto["#T"]) / (hi["#T"] - lo["#T"])
+        ids = sorted(set(auto["records"]) & set(lo["records"]) & set(hi["records"]))
+        a = solved(auto["records"], ids)
+        curve = [w * x + (1 - w) * y for x, y in zip(solved(lo["records"], ids), solved(hi["records"], ids))]
+        gap = (sum(a) - sum(curve)) / len(ids)
+        low, high = paired_bootstrap(a, curve)
+        lines.append(f"- {name}: fixed-θ curve there {sum(curve) / len(ids):.3f} (between θ {lo['theta']:g} and "
+                     f"{hi['theta']:g}) → {gap:+.3f} [{low:+.3f}, {high:+.3f}]")
+    return lines
+
+
 def plot(table: list[dict], path: Path, calibrated: dict[float, str]) -> None:
     import matplotlib
 
@@ -125,9 +161,13 @@ def main():
     groups = build_report(args.run_dirs)
     table = rows(groups)
     print(markdown(table))
+    calibrated = {c["theta"]: f"auto S={c['target']}" if c["mode"] == "auto" else c["spec"]
+                  for group in groups for c in group.calibration}
+    versus = against_fixed_curve(table, calibrated)
+    if versus:
+        print("\nauto θ against the fixed-θ curve (pass@k gap at the same tokens per prompt, 95% paired bootstrap):")
+        print("\n".join(versus))
     if args.plot:
-        calibrated = {c["theta"]: f"auto S={c['target']}" if c["mode"] == "auto" else c["spec"]
-                      for group in groups for c in group.calibration}
         plot(table, args.plot, calibrated)
         print(f"plot written to {args.plot}")
 

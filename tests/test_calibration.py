@@ -169,8 +169,14 @@ def test_calibration_prompts_follow_the_token_budget(monkeypatch):
     assert C.calibration_prompts(96) == 42  # 8192 // (2 x 96)
     assert C.calibration_prompts(96, samples=1) == 64  # capped
     assert C.calibration_prompts(4096) == C.MIN_PROMPTS
+    # eval calibrates on four times the tokens, up to 128 prompts
+    assert C.calibration_prompts(512, for_eval=True) == 32
+    assert C.calibration_prompts(160, for_eval=True) == 102
+    assert C.calibration_prompts(96, for_eval=True) == C.EVAL_MAX_PROMPTS == 128
+    assert C.calibration_prompts(4096, for_eval=True) == C.MIN_PROMPTS
     monkeypatch.setenv(C.PROMPTS_ENV, "3")
     assert C.calibration_prompts(96) == 3
+    assert C.calibration_prompts(96, for_eval=True) == 3
     for bad in ("0", "many"):
         monkeypatch.setenv(C.PROMPTS_ENV, bad)
         with pytest.raises(C.CalibrationError, match=C.PROMPTS_ENV):
@@ -334,3 +340,18 @@ def test_describe_theta_says_how_the_auto_theta_was_found():
     assert describe_theta({**base, "achieved_on_calibration": None, "interpolated": True}) == (
         "auto: target 4 sequences per prompt")
     assert describe_theta({"mode": "quantile", "quantile": 99.5}) == "q99.5 of the model's top-K entropies"
+
+
+def test_cli_calibrate_dataset_counts_prompts_as_eval_does(default_model_path, home, monkeypatch):
+    # --dataset makes eval's profile, so without --limit it decodes eval's count: 128 at -n 8, where
+    # run/chat's would be 64 — all 70 problems here.
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != C.PROMPTS_ENV}
+    env.update(EAGER_LOCAL_HOME=str(home), EAGER_LOCAL_THREADS=os.environ.get("EAGER_LOCAL_THREADS", "1"))
+    r = eager("calibrate", "--model", str(default_model_path), "--dataset", "arith:70:0", "-M", "4", "-n", "8",
+              "--raw", "--prompt-template", "{problem}", "--no-check", "--json", env=env)  # short prompts: cheap
+    assert r.returncode == 0, r.stderr
+    assert C.calibration_prompts(8) == 64
+    doc = json.loads(r.stdout)
+    assert doc["source"]["prompts"] == 70

@@ -99,6 +99,23 @@ def test_eval_theta_auto_pins_the_calibrated_theta_and_report_shows_the_target(e
             in report.stdout)
 
 
+def test_eval_calibrates_on_the_eval_budget(env, default_model_path, tmp_path):
+    # Without the override, eval's calibration takes calibration_prompts(for_eval=True): 128 at 8
+    # new tokens, where run/chat would take 64 — so all 70 problems of the family, not 64. (A
+    # quantile θ needs no check run, which keeps this cheap; auto calibrates the same way.)
+    env = {k: v for k, v in env.items() if k != C.PROMPTS_ENV}
+    out = tmp_path / "run"
+    result = eager("eval", "--dataset", "arith:70:0", "--limit", "1", "--method", "eager-init", "--theta", "q99",
+                   "-M", "4", "-n", "8", "--model", str(default_model_path), "--no-progress",
+                   "--raw", "--prompt-template", "{problem}",  # short prompts: 70 prefills stay cheap
+                   "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    assert C.calibration_prompts(8) == C.MAX_PROMPTS == 64
+    (entry,) = profile_file(env)["entries"].values()
+    assert entry["source"]["dataset"] == "arith:70:0" and entry["source"]["limit"] == 128
+    assert len(entry["traces"]) == 70
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [

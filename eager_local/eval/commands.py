@@ -142,9 +142,13 @@ def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, da
     They become plain θs before the run is pinned in its manifest: a rerun that finds another
     profile (recalibrated after a change) gets another θ, and the manifest check refuses to mix them.
     """
+    from ..calibration import calibration_prompts
     from .datasets import is_builtin
 
     builtin = is_builtin(dataset)
+    # An eval is long and its #S is what it measures: calibrating (when no profile exists yet) on
+    # more prompts costs little next to it and makes θ transfer (calibration_prompts).
+    prompts = calibration_prompts(opts["max_new_tokens"], for_eval=True)
     thetas, infos = [], []
     for spec in specs:
         for target in (targets or [None]) if spec == "auto" else [None]:
@@ -152,7 +156,8 @@ def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, da
                 {**opts, "theta": spec, "max_sequences": max_sequences, "target_sequences": target}, runner,
                 prompt_template=template, dataset_hint=dataset,
                 # a user file's problems are read with the user's field names: hand them over
-                calibration_problems=None if builtin else [p.problem for p in everything])
+                calibration_problems=None if builtin else [p.problem for p in everything],
+                calibrate_prompts=prompts)
             theta = round(theta, 3)
             thetas.append(theta)
             infos.append({**info, "theta": theta})
