@@ -62,6 +62,7 @@ __all__ = [
     "theta_for_target",
     "corrected_theta",
     "choose_theta",
+    "closest_run",
     "calibration_prompts",
     "default_targets",
     "record_traces",
@@ -565,7 +566,7 @@ def choose_theta(traces, runs: list[dict], measured: Sequence[tuple[float, float
         chosen = measured_theta(list(measured) + [(r["theta"], r["achieved"]) for r in runs], target)
         if chosen is not None:
             return {"theta": round(chosen, 4), "predicted": float(target), "achieved": None, "interpolated": True}
-    best = min(runs, key=lambda r: abs(r["achieved"] - target))
+    best = closest_run(runs, target)
     if abs(best["achieved"] - target) > best.get("stderr", 0.0):
         corrected = corrected_theta(traces, best["theta"], best["achieved"], target, max_sequences,
                                     top_k_entropy=top_k_entropy, branch_window=branch_window)
@@ -574,6 +575,11 @@ def choose_theta(traces, runs: list[dict], measured: Sequence[tuple[float, float
             return {"theta": round(theta, 4), "predicted": float(target), "achieved": None, "corrected": True,
                     "ratio": round(ratio, 3), "measured_theta": best["theta"], "measured": best["achieved"]}
     return {"theta": best["theta"], "predicted": best["predicted"], "achieved": best["achieved"]}
+
+
+def closest_run(runs: list[dict], target: float) -> dict:
+    """The check run whose mean #S came closest to the target: the one a check's θ stands on."""
+    return min(runs, key=lambda r: abs(r["achieved"] - target))
 
 
 def corrected_theta(traces, theta: float, achieved: float, target: float, max_sequences: int, *,

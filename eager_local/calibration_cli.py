@@ -137,7 +137,9 @@ def precision_line(check: dict) -> str:
     few dozen prompts is loose; on other prompts of the task expect the target within about two
     of these errors.
     """
-    run = min(check["runs"], key=lambda r: abs(r["achieved"] - check["target"]))
+    from .calibration import closest_run
+
+    run = closest_run(check["runs"], check["target"])
     prompts = len(run.get("per_prompt", [])) or 1
     if prompts < 2:
         return "  precision: one prompt, no standard error"

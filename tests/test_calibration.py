@@ -342,7 +342,7 @@ def test_describe_theta_says_how_the_auto_theta_was_found():
     assert describe_theta({"mode": "quantile", "quantile": 99.5}) == "q99.5 of the model's top-K entropies"
 
 
-def test_cli_calibrate_dataset_counts_prompts_as_eval_does(default_model_path, home, monkeypatch):
+def test_cli_calibrate_dataset_counts_prompts_as_eval_does(default_model_path, home):
     # --dataset makes eval's profile, so without --limit it decodes eval's count: 128 at -n 8, where
     # run/chat's would be 64 — all 70 problems here.
     import os
