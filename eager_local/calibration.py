@@ -21,7 +21,8 @@ a reasoning model's is low over long stretches. Calibration measures it instead:
 
 How many prompts: `calibration_prompts` (8 at 512 new tokens, more for shorter generations, up to
 64; four times the tokens, up to 128, when `eval` calibrates): the check's mean #S is only as
-precise as the number of prompts it averages.
+precise as the number of runs it averages, so eval's checks also run each prompt with several
+seeds (`check_seeds`).
 
 Profiles live next to the model in the cache, `home_dir()/profiles/<model-sha256[:16]>.json`, one
 entry per (model sha256, K, temperature, sampling, tempered, prompt format, max_new_tokens, task);
@@ -64,6 +65,7 @@ __all__ = [
     "choose_theta",
     "closest_run",
     "calibration_prompts",
+    "check_seeds",
     "default_targets",
     "record_traces",
     "check_theta",
@@ -95,6 +97,13 @@ MAX_PROMPTS = 64
 # prompts left SmolLM2 at -44 % of S = 4 and 128 at -20 % (docs/calibration.md, sessions 5-6).
 EVAL_RECORD_TOKENS = 4 * RECORD_TOKENS
 EVAL_MAX_PROMPTS = 128
+# A check's precision is the number of runs it averages, prompts or seeds alike: per prompt, #S is
+# mostly the luck of the sampled tokens (two seeds of one prompt correlate at 0.13 on SmolLM2,
+# arithmetic, M = 8), so eval's checks run each prompt with several seeds until they average at
+# least EVAL_CHECK_RUNS runs (2 seeds at 128 prompts, 3 at 102, 4 at 32). `run`/`chat` keep one
+# seed and the two-minute bound (docs/calibration.md, session 7).
+EVAL_CHECK_RUNS = 256
+MAX_CHECK_SEEDS = 4
 PROMPTS_ENV = "EAGER_LOCAL_CALIBRATION_PROMPTS"  # overrides the count (tests, slow machines)
 DEFAULT_REPLICATES = 200  # simulated EAGer-init runs per prompt and θ
 REFINE_TOLERANCE = 0.25  # refine when the check misses the target by more than this (relative)
@@ -384,24 +393,39 @@ def record_traces(llm, prompt_tokens: list[list[int]], settings: Settings, *, sa
 
 
 def check_theta(llm, prompt_tokens: list[list[int]], settings: Settings, theta: float, max_sequences: int,
-                branch_window: int = 1000) -> dict:
-    """A real EAGer-init run at θ on the prompts: the achieved mean #S (and per prompt)."""
+                branch_window: int = 1000, *, seeds: int = 1) -> dict:
+    """A real EAGer-init run at θ on the prompts: the achieved mean #S (and per prompt).
+
+    With seeds > 1 every prompt runs that many times, seed settings.seed + r for the r-th (so the
+    r-th is what `eval --seed` with that seed gives on these prompts), all in one batch. The mean
+    and its standard error are over the prompts' mean #S (a prompt's runs are not independent of
+    each other, its runs and other prompts' are).
+    """
     config = settings.config(llm, method="eager-init", theta=theta, max_sequences=max_sequences,
                              branch_window=branch_window)
-    requests = [Request(tokens=tokens, index=i) for i, tokens in enumerate(prompt_tokens)]
+    n = len(prompt_tokens)
+    requests = [Request(tokens=tokens, index=i, seed=settings.seed + r)
+                for r in range(seeds) for i, tokens in enumerate(prompt_tokens)]
     start = time.perf_counter()
     trees = llm.engine.generate(requests, config)
     seconds = time.perf_counter() - start
-    counts = [len(t.sequences) for t in trees]
-    stderr = float(np.std(counts, ddof=1) / math.sqrt(len(counts))) if len(counts) > 1 else 0.0
-    return {
+    counts = np.zeros((seeds, n))
+    for tree in trees:  # seeds share indices: the tree's seed says which run it is
+        counts[tree.settings["seed"] - settings.seed, tree.index] = len(tree.sequences)
+    per_prompt = counts.mean(axis=0)
+    stderr = float(np.std(per_prompt, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    run = {
         "theta": round(theta, 4),
-        "achieved": round(float(np.mean(counts)), 3),
+        "achieved": round(float(per_prompt.mean()), 3),
         "stderr": round(stderr, 3),
-        "per_prompt": counts,
+        "per_prompt": [int(c) for c in counts[0]] if seeds == 1 else [round(float(c), 3) for c in per_prompt],
         "tokens": sum(t.generated_tokens for t in trees),
         "seconds": round(seconds, 1),
     }
+    if seeds > 1:
+        run["seeds"] = seeds
+        run["per_seed"] = [round(float(c), 3) for c in counts.mean(axis=1)]
+    return run
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,6 +519,7 @@ def run_check(calibration: Calibration, llm, prompt_tokens: list[list[int]], set
               tolerance: float = REFINE_TOLERANCE, log: Callable[[str], None] | None = None) -> dict:
     """Check θ for `target` with a real run on the calibration prompts; refine once if it misses.
 
+    Each real run decodes every prompt `calibration.source["check_seeds"]` times (default 1).
     Every real run of this calibration (same M and W, any target) is a measured point (θ, mean #S)
     on the calibration prompts. The first θ is interpolated between measured points when they
     bracket the target, else it is the estimator's. A run that misses the target by more than
@@ -510,6 +535,8 @@ def run_check(calibration: Calibration, llm, prompt_tokens: list[list[int]], set
     `calibration.checks` and returned.
     """
     say = log or (lambda _m: None)
+    seeds = int(calibration.source.get("check_seeds", 1))
+    runs_text = f"{len(prompt_tokens)} prompts" + (f" x {seeds} seeds" if seeds > 1 else "")
     theta_est, predicted_est = theta_for_target(calibration.traces, target, max_sequences,
                                                 top_k_entropy=calibration.key.top_k_entropy,
                                                 branch_window=branch_window)
@@ -519,8 +546,8 @@ def run_check(calibration: Calibration, llm, prompt_tokens: list[list[int]], set
         theta, predicted, how = theta_est, predicted_est, "estimated"
     else:
         predicted, how = float(target), "interpolated between earlier runs"
-    say(f"checking θ = {theta:.3f} (target {target}, {how}: {predicted:.2f}) with a real run …")
-    first = check_theta(llm, prompt_tokens, settings, theta, max_sequences, branch_window)
+    say(f"checking θ = {theta:.3f} (target {target}, {how}: {predicted:.2f}) with a real run on {runs_text} …")
+    first = check_theta(llm, prompt_tokens, settings, theta, max_sequences, branch_window, seeds=seeds)
     first["predicted"] = round(predicted, 3)
     first["how"] = how
     runs = [first]
@@ -537,7 +564,7 @@ def run_check(calibration: Calibration, llm, prompt_tokens: list[list[int]], set
                                                          branch_window=branch_window)
             predicted2, how2 = est2 * ratio, f"estimator aimed at {aim:.2f}"
         say(f"achieved {first['achieved']:.2f}: refining, θ = {theta2:.3f} ({how2}) …")
-        second = check_theta(llm, prompt_tokens, settings, theta2, max_sequences, branch_window)
+        second = check_theta(llm, prompt_tokens, settings, theta2, max_sequences, branch_window, seeds=seeds)
         second["predicted"] = round(predicted2, 3)
         second["how"] = how2
         runs.append(second)
@@ -773,6 +800,14 @@ def calibration_prompts(max_new_tokens: int, samples: int = DEFAULT_SAMPLES, *, 
     return min(most, max(MIN_PROMPTS, budget // per_prompt))
 
 
+def check_seeds(prompts: int, runs: int | None = None) -> int:
+    """Seeds per prompt for a check to average at least `runs` runs (None: one seed), at most
+    MAX_CHECK_SEEDS. Eval asks for EVAL_CHECK_RUNS."""
+    if not runs or prompts < 1:
+        return 1
+    return min(MAX_CHECK_SEEDS, max(1, math.ceil(runs / prompts)))
+
+
 def dataset_problems(dataset: str | None, *, limit: int = MIN_PROMPTS, offset: int = 0) -> list[str]:
     """Problem texts of a dataset spec (None: the default calibration set, gsm8k)."""
     from .eval.datasets import load_dataset, select
@@ -859,17 +894,23 @@ def calibrate(
     source: dict | None = None,
     samples: int = DEFAULT_SAMPLES,
     check_target: int | None = None,
+    check_seeds: int = 1,
     max_sequences: int = 8,
     branch_window: int = 1000,
     save: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> tuple[Calibration, Path | None]:
-    """Record traces on the prompts, check θ for `check_target` (None: no check), save the entry."""
+    """Record traces on the prompts, check θ for `check_target` (None: no check), save the entry.
+
+    `check_seeds` (runs per prompt in a check) is kept in the entry's source: later checks of the
+    entry (another target) run the same way, so all its measured points are alike."""
     say = log or (lambda _m: None)
     if not prompts:
         raise CalibrationError("no prompts to calibrate on")
     if samples < 1:
         raise CalibrationError(f"samples must be >= 1, got {samples}")
+    if check_seeds < 1:
+        raise CalibrationError(f"check seeds must be >= 1, got {check_seeds}")
     if not 1 <= max_sequences:
         raise CalibrationError(f"max-sequences must be >= 1, got {max_sequences}")
     key = make_key(llm, settings, fmt, task)
@@ -880,7 +921,7 @@ def calibrate(
     entry = Calibration(
         key=key,
         traces=traces,
-        source={**(source or {}), "prompts": len(prompts), "samples": samples,
+        source={**(source or {}), "prompts": len(prompts), "samples": samples, "check_seeds": check_seeds,
                 "prompts_sha256": _sha("\n\x00".join(prompts), 16)},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         timing={"record_tokens": generated, "record_seconds": round(seconds, 1)},
@@ -945,6 +986,7 @@ def resolve_theta(
     dataset_hint: str | None = None,
     seed: int = 55,
     calibrate_prompts: int | None = None,
+    check_runs: int | None = None,
     calibration_problems: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[float, dict]:
@@ -954,7 +996,8 @@ def resolve_theta(
     family, else the default task); without one — or with a stale or mismatched one — calibration
     runs first (on the first `calibrate_prompts` problems of dataset_hint, else of gsm8k; None:
     calibration_prompts(max_new_tokens)) and is saved (`calibration_problems`, when given, are
-    decoded instead: eval passes its problem texts, already read with the user's field names). For
+    decoded instead: eval passes its problem texts, already read with the user's field names); its
+    checks run each prompt with enough seeds to average `check_runs` runs (check_seeds). For
     auto, a target not yet checked for this (M, W) is checked with a short real run and the check
     is saved too. Returns (θ, info) with info for the report: spec, target, predicted, achieved on
     the calibration prompts, the profile path and key.
@@ -993,7 +1036,7 @@ def resolve_theta(
             prompts = dataset_problems(dataset_hint, limit=calibrate_prompts)
         entry, _ = calibrate(
             llm, prompts, settings=settings, fmt=fmt, task=task,
-            source=source,
+            source=source, check_seeds=check_seeds(len(prompts), check_runs),
             check_target=target if target and target >= 2 else None, max_sequences=max_sequences,
             branch_window=branch_window, log=log,
         )
@@ -1039,6 +1082,7 @@ def _source_prompts(source: dict, dataset_hint: str | None, default_limit: int) 
 
 def theta_from_options(opts: dict, llm, *, prompt_template: str = RAW_TEMPLATE, dataset_hint: str | None = None,
                        calibration_problems: Sequence[str] | None = None, calibrate_prompts: int | None = None,
+                       check_runs: int | None = None,
                        log: Callable[[str], None] | None = None) -> tuple[float, dict]:
     """resolve_theta() fed from the CLI's generation options (the dict `run`, `chat` and `eval` get).
 
@@ -1063,6 +1107,7 @@ def theta_from_options(opts: dict, llm, *, prompt_template: str = RAW_TEMPLATE, 
         dataset_hint=dataset_hint,
         calibration_problems=calibration_problems,
         calibrate_prompts=calibrate_prompts,
+        check_runs=check_runs,
         seed=opts.get("seed", 55),
         log=log,
     )

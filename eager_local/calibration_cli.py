@@ -27,6 +27,9 @@ from .cli import user_errors
 @click.option("--target-sequences", "-S", type=int, default=None,
               help="Target mean #S checked with a real run (default: M/2, at least 2).")
 @click.option("--no-check", is_flag=True, help="Skip the real run that checks the θ of the target.")
+@click.option("--check-seeds", type=int, default=None,
+              help="Run each prompt this many times (seeds) in the check (default: 1; with --dataset, as eval "
+                   "does: enough to average 256 runs, at most 4).")
 @click.option("--temperature", "-t", type=float, default=0.6, show_default=True)
 @click.option("--top-k", type=int, default=0, help="Sampling top-k (0 = off).")
 @click.option("--top-p", type=float, default=1.0, help="Sampling top-p (1 = off).")
@@ -50,8 +53,9 @@ from .cli import user_errors
 @click.option("--json", "as_json", is_flag=True, help="Print the profile entry (without traces) as JSON.")
 @user_errors
 def calibrate_command(model, dataset, limit, offset, prompts_file, samples, max_sequences, target_sequences,
-                      no_check, temperature, top_k, top_p, min_p, top_k_entropy, tempered_entropy, max_new_tokens,
-                      branch_window, seed, threads, n_gpu_layers, chat, system, prompt_template, reuse, as_json):
+                      no_check, check_seeds, temperature, top_k, top_p, min_p, top_k_entropy, tempered_entropy,
+                      max_new_tokens, branch_window, seed, threads, n_gpu_layers, chat, system, prompt_template, reuse,
+                      as_json):
     """Decode a few prompts, record top-K entropies, and write θ for target #S to the model's profile."""
     from . import calibration as C
     from .engine import ConfigError, GenerationConfig
@@ -67,6 +71,8 @@ def calibrate_command(model, dataset, limit, offset, prompts_file, samples, max_
     if limit is None:
         # a --dataset profile is the one `eval --theta auto` looks up: calibrate as eval would
         limit = C.calibration_prompts(max_new_tokens, samples, for_eval=bool(dataset))
+    if check_seeds is not None and check_seeds < 1:
+        raise ConfigError(f"check-seeds must be >= 1, got {check_seeds}")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
     if not 2 <= max_sequences <= MAX_SEQUENCES:
@@ -108,8 +114,10 @@ def calibrate_command(model, dataset, limit, offset, prompts_file, samples, max_
     log = (lambda m: click.echo(m, err=True))
     entry = C.load_entry(C.make_key(llm, settings, fmt, task)) if reuse else None
     if entry is None:
+        if check_seeds is None:
+            check_seeds = C.check_seeds(len(prompts), C.EVAL_CHECK_RUNS if dataset else None)
         entry, path = C.calibrate(llm, prompts, settings=settings, fmt=fmt, task=task, source=source,
-                                  samples=samples, check_target=None if no_check else target,
+                                  samples=samples, check_target=None if no_check else target, check_seeds=check_seeds,
                                   max_sequences=max_sequences, branch_window=branch_window, log=log)
     else:
         log(f"reusing the profile recorded {entry.created} on {entry.source}")
@@ -143,12 +151,14 @@ def precision_line(check: dict) -> str:
     prompts = len(run.get("per_prompt", [])) or 1
     if prompts < 2:
         return "  precision: one prompt, no standard error"
+    seeds = run.get("seeds", 1)
+    over = f"{prompts} prompts" + (f" x {seeds} seeds" if seeds > 1 else "")
     relative = run.get("stderr", 0.0) / run["achieved"]
     wanted = 0.125
     needed = math.ceil(prompts * (relative / wanted) ** 2) if relative > 0 else prompts
     advice = (f"about {needed} prompts (--limit) would make it ±{wanted * 100:g} %" if needed > prompts
               else f"enough prompts for ±{wanted * 100:g} %")
-    return f"  precision: ±{relative * 100:.0f} % (standard error of the mean #S over {prompts} prompts); {advice}"
+    return f"  precision: ±{relative * 100:.0f} % (standard error of the mean #S over {over}); {advice}"
 
 
 def render_profile(entry, table, check, max_sequences, path) -> str:
@@ -178,6 +188,9 @@ def render_profile(entry, table, check, max_sequences, path) -> str:
             lines.append(f"  {label:<8} θ = {run['theta']:.3f}  {how}{run['predicted']:.2f}  "
                          f"achieved {run['achieved']:.2f} ± {run.get('stderr', 0):.2f}  "
                          f"({run['tokens']} tokens, {run['seconds']:.1f} s)")
+            if run.get("per_seed"):
+                seeds = ", ".join(f"{m:.2f}" for m in run["per_seed"])
+                lines.append(f"  {'':<8} {run['seeds']} seeds per prompt; each seed's mean #S: {seeds}")
         how = ""
         if c.get("interpolated"):
             how = " (interpolated between the real runs, linear in log #S)"

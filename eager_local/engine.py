@@ -167,6 +167,7 @@ class Request:
     index: int = 0  # selects the random streams: same index and seed, same samples
     max_sequences: int | None = None  # overrides the config's cap (reallocated EAGer runs)
     theta: float | None = None  # overrides the config's θ (full EAGer retries)
+    seed: int | None = None  # overrides the config's seed (a calibration check runs a prompt with several)
     prefix_seq: int | None = None
     reuse: int = 0
 
@@ -547,7 +548,8 @@ class _StepLoop:
         seq = T.Sequence(id=len(run.tree.sequences), parent=parent, fork_at=fork_at, tokens=tokens)
         seq.entropies = []
         run.tree.sequences.append(seq)
-        rng = sequence_rng(self.config.seed, run.request.index, run.n_created)
+        seed = self.config.seed if run.request.seed is None else run.request.seed
+        rng = sequence_rng(seed, run.request.index, run.n_created)
         run.n_created += 1
         run.live += 1
         run.peak_live = max(run.peak_live, run.live)
@@ -781,7 +783,7 @@ def _settings(config: GenerationConfig, cap: int, request: Request) -> dict:
         "top_k_entropy": config.top_k_entropy,
         "branch_window": config.branch_window,
         "dynamic_threshold": config.dynamic_threshold,
-        "seed": config.seed,
+        "seed": config.seed if request.seed is None else request.seed,
     }
 
 

@@ -183,6 +183,15 @@ def test_calibration_prompts_follow_the_token_budget(monkeypatch):
             C.calibration_prompts(96)
 
 
+def test_check_seeds_reach_the_run_count():
+    # eval asks for EVAL_CHECK_RUNS runs: 2 seeds at 128 prompts, 3 at 102, capped at 4 (32 prompts)
+    assert C.check_seeds(128, C.EVAL_CHECK_RUNS) == 2
+    assert C.check_seeds(102, C.EVAL_CHECK_RUNS) == 3
+    assert C.check_seeds(32, C.EVAL_CHECK_RUNS) == C.MAX_CHECK_SEEDS == 4
+    assert C.check_seeds(300, C.EVAL_CHECK_RUNS) == 1
+    assert C.check_seeds(8) == C.check_seeds(8, None) == 1  # run/chat: one seed
+
+
 def test_default_targets():
     assert C.default_targets(8) == [2, 4, 8]
     assert C.default_targets(12) == [2, 4, 8, 12]
@@ -299,6 +308,24 @@ def test_recorded_traces_match_a_plain_run(llm):
     assert fmt.key(llm.model.chat_template()) != C.PromptFormat(chat=False).key(None)
 
 
+def test_a_check_with_seeds_is_the_runs_of_each_seed(llm):
+    """seeds=2 runs every prompt with seed and seed + 1 in one batch: per seed, what a one-seed check
+    with that seed gives (what `eval --seed` gives), and the mean over the prompts' means."""
+    prompts = ["What is 23 + 19?", "What is 71 - 38?", "Name a colour.", "What is 9 * 7?"]
+    tokens = [llm.prompt_tokens(p) for p in prompts]
+    settings = C.Settings(max_new_tokens=16, seed=55)
+    both = C.check_theta(llm, tokens, settings, 2.4, 4, seeds=2)
+    one = [C.check_theta(llm, tokens, C.Settings(max_new_tokens=16, seed=s), 2.4, 4) for s in (55, 56)]
+    assert one[0]["per_prompt"] != one[1]["per_prompt"]  # the seeds differ, so the mapping is tested
+    assert both["seeds"] == 2 and both["per_seed"] == [r["achieved"] for r in one]
+    pairs = zip(one[0]["per_prompt"], one[1]["per_prompt"])
+    assert both["per_prompt"] == [pytest.approx((a + b) / 2) for a, b in pairs]
+    assert both["achieved"] == pytest.approx(np.mean(both["per_prompt"]), abs=1e-3)
+    assert both["stderr"] == pytest.approx(np.std(both["per_prompt"], ddof=1) / 2, abs=1e-3)
+    assert both["tokens"] == one[0]["tokens"] + one[1]["tokens"]
+    assert "seeds" not in one[0] and all(isinstance(c, int) for c in one[0]["per_prompt"])
+
+
 def test_cli_calibrate_default_model(default_model_path, home, monkeypatch):
     import os
 
@@ -310,7 +337,9 @@ def test_cli_calibrate_default_model(default_model_path, home, monkeypatch):
     out = r.stdout
     assert "entropy quantiles" in out and "q99.5" in out
     assert "checked target 2" in out and "achieved" in out
-    assert "precision: ±" in out and "standard error of the mean #S over 3 prompts" in out
+    # --dataset checks as eval does: enough seeds for EVAL_CHECK_RUNS runs, here the cap of 4
+    assert "precision: ±" in out and "standard error of the mean #S over 3 prompts x 4 seeds" in out
+    assert "4 seeds per prompt; each seed's mean #S: " in out
     assert f"profile written to {home / 'profiles'}" in out
     written = list((home / "profiles").glob("*.json"))
     assert len(written) == 1
@@ -318,6 +347,8 @@ def test_cli_calibrate_default_model(default_model_path, home, monkeypatch):
     (entry,) = doc["entries"].values()
     assert entry["key"]["task"] == "arith" and entry["key"]["max_new_tokens"] == 24
     assert entry["checks"][0]["target"] == 2 and entry["checks"][0]["max_sequences"] == 4
+    assert entry["source"]["check_seeds"] == 4
+    assert all(r["seeds"] == 4 and len(r["per_seed"]) == 4 for r in entry["checks"][0]["runs"])
 
     bad = eager("calibrate", "--model", str(default_model_path), "--dataset", "arith", "--prompts", "x.txt", env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -56,6 +56,8 @@ def test_run_theta_auto_calibrates_once_uses_the_profile_and_redoes_a_stale_one(
     assert entry["source"]["prompts"] == 8 and len(entry["traces"]) == 8  # EAGER_LOCAL_CALIBRATION_PROMPTS
     checked = [c for c in entry["checks"] if c["target"] == 2 and c["max_sequences"] == 4]
     assert checked and checked[0]["theta"] == pytest.approx(info["theta"])
+    # run/chat check with one seed (the two-minute bound); eval with several (below)
+    assert entry["source"]["check_seeds"] == 1 and all("seeds" not in r for r in checked[0]["runs"])
 
     again, err = run_json("What is 12 + 30?", "--theta", "auto", "-S", "2", env=env, tiny=tiny)
     assert not again["theta"]["calibrated_now"] and again["theta"]["theta"] == info["theta"]
@@ -86,6 +88,10 @@ def test_eval_theta_auto_pins_the_calibrated_theta_and_report_shows_the_target(e
     assert calibrated["mode"] == "auto" and calibrated["target"] == 2 and calibrated["task"] == "arith"
     assert sorted(manifest["params"]["theta"]) == sorted([2.0, calibrated["theta"]])
     assert (out / f"eager-init_theta{calibrated['theta']:g}_M4.jsonl").exists()
+    # eval's check averages EVAL_CHECK_RUNS runs: the family's 3 problems x the cap of 4 seeds
+    (entry,) = profile_file(env)["entries"].values()
+    assert entry["source"]["check_seeds"] == 4 and len(entry["traces"]) == 3
+    assert all(r["seeds"] == 4 and len(r["per_prompt"]) == 3 for c in entry["checks"] for r in c["runs"])
 
     again = eager(*args, env=env)  # the profile is found again: same θ, so the run resumes as a no-op
     assert again.returncode == 0, again.stderr

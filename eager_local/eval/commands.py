@@ -142,12 +142,13 @@ def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, da
     They become plain θs before the run is pinned in its manifest: a rerun that finds another
     profile (recalibrated after a change) gets another θ, and the manifest check refuses to mix them.
     """
-    from ..calibration import calibration_prompts
+    from ..calibration import EVAL_CHECK_RUNS, calibration_prompts
     from .datasets import is_builtin
 
     builtin = is_builtin(dataset)
     # An eval is long and its #S is what it measures: calibrating (when no profile exists yet) on
-    # more prompts costs little next to it and makes θ transfer (calibration_prompts).
+    # more prompts, and checking each with several seeds, costs little next to it and makes θ
+    # transfer (calibration_prompts, check_seeds).
     prompts = calibration_prompts(opts["max_new_tokens"], for_eval=True)
     thetas, infos = [], []
     for spec in specs:
@@ -157,7 +158,7 @@ def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, da
                 prompt_template=template, dataset_hint=dataset,
                 # a user file's problems are read with the user's field names: hand them over
                 calibration_problems=None if builtin else [p.problem for p in everything],
-                calibrate_prompts=prompts)
+                calibrate_prompts=prompts, check_runs=EVAL_CHECK_RUNS)
             theta = round(theta, 3)
             thetas.append(theta)
             infos.append({**info, "theta": theta})
