@@ -22,7 +22,7 @@ a reasoning model's is low over long stretches. Calibration measures it instead:
 How many prompts: `calibration_prompts` (8 at 512 new tokens, more for shorter generations, up to
 64; four times the tokens, up to 128, when `eval` calibrates): the check's mean #S is only as
 precise as the number of runs it averages, so eval's checks also run each prompt with several
-seeds (`check_seeds`).
+seeds (`check_seed_count`).
 
 Profiles live next to the model in the cache, `home_dir()/profiles/<model-sha256[:16]>.json`, one
 entry per (model sha256, K, temperature, sampling, tempered, prompt format, max_new_tokens, task);
@@ -65,7 +65,7 @@ __all__ = [
     "choose_theta",
     "closest_run",
     "calibration_prompts",
-    "check_seeds",
+    "check_seed_count",
     "default_targets",
     "record_traces",
     "check_theta",
@@ -398,8 +398,8 @@ def check_theta(llm, prompt_tokens: list[list[int]], settings: Settings, theta: 
 
     With seeds > 1 every prompt runs that many times, seed settings.seed + r for the r-th (so the
     r-th is what `eval --seed` with that seed gives on these prompts), all in one batch. The mean
-    and its standard error are over the prompts' mean #S (a prompt's runs are not independent of
-    each other, its runs and other prompts' are).
+    and its standard error are over the prompts' mean #S: the prompts are the independent units
+    (the runs of one prompt share it).
     """
     config = settings.config(llm, method="eager-init", theta=theta, max_sequences=max_sequences,
                              branch_window=branch_window)
@@ -800,7 +800,7 @@ def calibration_prompts(max_new_tokens: int, samples: int = DEFAULT_SAMPLES, *, 
     return min(most, max(MIN_PROMPTS, budget // per_prompt))
 
 
-def check_seeds(prompts: int, runs: int | None = None) -> int:
+def check_seed_count(prompts: int, runs: int | None = None) -> int:
     """Seeds per prompt for a check to average at least `runs` runs (None: one seed), at most
     MAX_CHECK_SEEDS. Eval asks for EVAL_CHECK_RUNS."""
     if not runs or prompts < 1:
@@ -997,7 +997,7 @@ def resolve_theta(
     runs first (on the first `calibrate_prompts` problems of dataset_hint, else of gsm8k; None:
     calibration_prompts(max_new_tokens)) and is saved (`calibration_problems`, when given, are
     decoded instead: eval passes its problem texts, already read with the user's field names); its
-    checks run each prompt with enough seeds to average `check_runs` runs (check_seeds). For
+    checks run each prompt with enough seeds to average `check_runs` runs (check_seed_count). For
     auto, a target not yet checked for this (M, W) is checked with a short real run and the check
     is saved too. Returns (θ, info) with info for the report: spec, target, predicted, achieved on
     the calibration prompts, the profile path and key.
@@ -1036,7 +1036,7 @@ def resolve_theta(
             prompts = dataset_problems(dataset_hint, limit=calibrate_prompts)
         entry, _ = calibrate(
             llm, prompts, settings=settings, fmt=fmt, task=task,
-            source=source, check_seeds=check_seeds(len(prompts), check_runs),
+            source=source, check_seeds=check_seed_count(len(prompts), check_runs),
             check_target=target if target and target >= 2 else None, max_sequences=max_sequences,
             branch_window=branch_window, log=log,
         )

@@ -29,7 +29,7 @@ from .cli import user_errors
 @click.option("--no-check", is_flag=True, help="Skip the real run that checks the θ of the target.")
 @click.option("--check-seeds", type=int, default=None,
               help="Run each prompt this many times (seeds) in the check (default: 1; with --dataset, as eval "
-                   "does: enough to average 256 runs, at most 4).")
+                   "does: enough to average 256 runs, at most 4; --reuse keeps the profile's).")
 @click.option("--temperature", "-t", type=float, default=0.6, show_default=True)
 @click.option("--top-k", type=int, default=0, help="Sampling top-k (0 = off).")
 @click.option("--top-p", type=float, default=1.0, help="Sampling top-p (1 = off).")
@@ -115,7 +115,7 @@ def calibrate_command(model, dataset, limit, offset, prompts_file, samples, max_
     entry = C.load_entry(C.make_key(llm, settings, fmt, task)) if reuse else None
     if entry is None:
         if check_seeds is None:
-            check_seeds = C.check_seeds(len(prompts), C.EVAL_CHECK_RUNS if dataset else None)
+            check_seeds = C.check_seed_count(len(prompts), C.EVAL_CHECK_RUNS if dataset else None)
         entry, path = C.calibrate(llm, prompts, settings=settings, fmt=fmt, task=task, source=source,
                                   samples=samples, check_target=None if no_check else target, check_seeds=check_seeds,
                                   max_sequences=max_sequences, branch_window=branch_window, log=log)

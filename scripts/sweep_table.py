@@ -140,7 +140,8 @@ def plot(table: list[dict], path: Path, calibrated: dict[float, str]) -> None:
                 markersize=7 if fixed else 11)
         for i in idx:
             r = table[i]
-            tag = "" if r["theta"] is None else (f"{r['theta']:g}" if fixed else calibrated[r["theta"]])
+            tag = "" if r["theta"] is None else (
+                f"{r['theta']:g}" if fixed else f"{calibrated[r['theta']]} θ {r['theta']:g}")
             ax.annotate(tag, (r["#T"], r["pass@k"]), textcoords="offset points", xytext=(4, 4), fontsize=6)
     fx = sorted(front, key=lambda i: table[i]["#T"])
     ax.plot([table[i]["#T"] for i in fx], [table[i]["pass@k"] for i in fx], ":", color="grey", label="Pareto front")

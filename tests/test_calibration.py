@@ -185,11 +185,11 @@ def test_calibration_prompts_follow_the_token_budget(monkeypatch):
 
 def test_check_seeds_reach_the_run_count():
     # eval asks for EVAL_CHECK_RUNS runs: 2 seeds at 128 prompts, 3 at 102, capped at 4 (32 prompts)
-    assert C.check_seeds(128, C.EVAL_CHECK_RUNS) == 2
-    assert C.check_seeds(102, C.EVAL_CHECK_RUNS) == 3
-    assert C.check_seeds(32, C.EVAL_CHECK_RUNS) == C.MAX_CHECK_SEEDS == 4
-    assert C.check_seeds(300, C.EVAL_CHECK_RUNS) == 1
-    assert C.check_seeds(8) == C.check_seeds(8, None) == 1  # run/chat: one seed
+    assert C.check_seed_count(128, C.EVAL_CHECK_RUNS) == 2
+    assert C.check_seed_count(102, C.EVAL_CHECK_RUNS) == 3
+    assert C.check_seed_count(32, C.EVAL_CHECK_RUNS) == C.MAX_CHECK_SEEDS == 4
+    assert C.check_seed_count(300, C.EVAL_CHECK_RUNS) == 1
+    assert C.check_seed_count(8) == C.check_seed_count(8, None) == 1  # run/chat: one seed
 
 
 def test_default_targets():
@@ -355,6 +355,8 @@ def test_cli_calibrate_default_model(default_model_path, home, monkeypatch):
     assert len([line for line in bad.stderr.splitlines() if line.strip()]) == 1
     bad = eager("calibrate", "--model", str(default_model_path), "-M", "4", "-S", "9", env=env)
     assert bad.returncode == 2 and "target-sequences" in bad.stderr
+    bad = eager("calibrate", "--model", str(default_model_path), "--check-seeds", "0", env=env)
+    assert bad.returncode == 2 and "check-seeds must be >= 1" in bad.stderr
     bad = eager("calibrate", "--model", str(default_model_path), "--prompts", str(home / "none.txt"), env=env)
     assert bad.returncode == 2 and "not found" in bad.stderr
 

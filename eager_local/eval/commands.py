@@ -148,7 +148,7 @@ def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, da
     builtin = is_builtin(dataset)
     # An eval is long and its #S is what it measures: calibrating (when no profile exists yet) on
     # more prompts, and checking each with several seeds, costs little next to it and makes θ
-    # transfer (calibration_prompts, check_seeds).
+    # transfer (calibration_prompts, check_seed_count).
     prompts = calibration_prompts(opts["max_new_tokens"], for_eval=True)
     thetas, infos = [], []
     for spec in specs:
