@@ -1,0 +1,41 @@
+"""Same model, seed and settings, same trees, token for token: the engine against trees it produced
+before a refactoring (tests/data/pinned_trees.json, written by scripts/pin_trees.py).
+
+Only a deliberate change of behaviour may regenerate the file. The estimator cases pin the
+calibration estimator's mean #S on fixed synthetic traces the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pinned_cases import CASES, ESTIMATOR_CASES, estimator_outputs, run_case
+
+PINNED = json.loads((Path(__file__).parent / "data" / "pinned_trees.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_engine_reproduces_pinned_trees(llm, name):
+    got = run_case(llm, CASES[name])
+    want = PINNED["cases"][name]
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert [s["tokens"] for s in g["sequences"]] == [s["tokens"] for s in w["sequences"]], (name, i)
+        assert g == w, (name, i)
+
+
+def test_pinned_cases_branch_and_cut():
+    """The pins cover what they claim: branching, a budget cut, parallel rows, a closed window."""
+    cases = PINNED["cases"]
+    assert any(t["events"] for t in cases["eager_init"])
+    assert any(s["finish_reason"] == "budget" for t in cases["budget"] for s in t["sequences"])
+    assert all(len(t["sequences"]) == 3 for t in cases["parallel"])
+    assert any(len(t["sequences"]) > 1 for t in cases["eager_dynamic_sampling"])
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATOR_CASES))
+def test_estimator_reproduces_pinned_means(name):
+    assert estimator_outputs(ESTIMATOR_CASES[name]) == PINNED["estimator"][name]
