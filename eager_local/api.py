@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from . import models
 from .budget import TokenBudget
-from .engine import ConfigError, Engine, GenerationConfig, Request
+from .config import GenerationConfig, make_config
+from .engine import Engine, Request
 from .llama import Model
-from .sampling import SamplingParams
 from .tree import Tree
 
 
@@ -54,13 +54,8 @@ class EagerLocal:
 
     def config(self, **options) -> GenerationConfig:
         """A GenerationConfig from keyword options (the same names as the CLI's, with underscores)."""
-        sampling_keys = {"temperature", "top_k", "top_p", "min_p"}
-        sampling = SamplingParams(**{k: options.pop(k) for k in list(options) if k in sampling_keys})
         options.setdefault("end_of_thinking", self.end_of_thinking)
-        try:
-            return GenerationConfig(sampling=sampling, **options)
-        except TypeError as e:
-            raise ConfigError(str(e)) from None
+        return make_config(**options)
 
     def generate(
         self,

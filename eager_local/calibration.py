@@ -51,6 +51,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from . import models
+from .config import parse_theta_spec  # noqa: F401 (re-exported)
 from .engine import ConfigError, GenerationConfig, Request
 
 __all__ = [
@@ -853,15 +854,7 @@ def read_prompts_file(path: str | os.PathLike) -> list[str]:
 
 
 def model_sha256(llm) -> str:
-    resolved = llm.resolved
-    if resolved.sha256:
-        return resolved.sha256.lower()
-    try:
-        from .eval.runner import model_sha256 as cached_sha
-
-        return cached_sha(Path(resolved.path), None)
-    except ImportError:  # pragma: no cover
-        return models.gguf_sha256(resolved.path)
+    return models.model_sha256(llm.resolved.path, llm.resolved.sha256)
 
 
 def make_key(llm, settings: Settings, fmt: PromptFormat, task: str) -> CalibrationKey:
@@ -940,31 +933,6 @@ def calibrate(
 # --------------------------------------------------------------------------------------------
 # --theta auto | qNN | number
 # --------------------------------------------------------------------------------------------
-
-_QUANTILE_SPEC = re.compile(r"^q(\d+(?:\.\d+)?)$", re.IGNORECASE)
-
-
-def parse_theta_spec(spec: str | float) -> tuple[str, float | None]:
-    """("number", θ) | ("auto", None) | ("quantile", level in 0..100). ValueError (one line) otherwise."""
-    if isinstance(spec, (int, float)):
-        return "number", float(spec)
-    text = str(spec).strip()
-    if text.lower() == "auto":
-        return "auto", None
-    match = _QUANTILE_SPEC.match(text)
-    if match:
-        level = float(match.group(1))
-        if not 0 <= level <= 100:
-            raise ConfigError(f"theta quantile must be between q0 and q100, got {text}")
-        return "quantile", level
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"theta must be a number (nats), 'auto' or a quantile like q99.5; got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"theta must be a number >= 0 (nats), got {text}")
-    return "number", value
-
 
 def resolve_theta(
     spec: str | float,

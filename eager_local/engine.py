@@ -20,13 +20,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from . import branching as branching_rule
 from . import tree as T
 from .budget import TokenBudget
-from .entropy import DEFAULT_TOP_K, top_k_entropy, top_two_tokens
-from .llama import MAX_SEQUENCES, Context, ContextSize, KVCacheFull, Model
-from .sampling import SamplingParams, sample_rows, sequence_rng
-
-METHODS = ("eager-init", "parallel")
+from .config import MAX_SEQUENCES, METHODS, ConfigError, GenerationConfig  # noqa: F401 (re-exported)
+from .entropy import top_k_entropy, top_two_tokens
+from .llama import Context, ContextSize, KVCacheFull, Model
+from .sampling import sample_rows, sequence_rng
 DEFAULT_KV_MEMORY = 2 << 30  # bytes of KV cache the engine allocates at most by default
 # New prompts are admitted while the rows the active prompts hold or are expected to hold stay under
 # this (a soft limit: EAGer prompts may outgrow their forecast). In a unified KV cache every row
@@ -115,44 +115,6 @@ class RowForecast:
         return min(float(cap), self.total / self.count)
 
 
-class ConfigError(ValueError):
-    """A nonsense generation parameter, worded for a user."""
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    method: str = "eager-init"
-    theta: float = 2.4  # branch when top-K entropy (nats) exceeds this
-    max_sequences: int = 32  # M: cap on sequences per prompt (parallel draws exactly M)
-    max_new_tokens: int = 512  # per sequence, counted from the prompt's first step
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    top_k_entropy: int = DEFAULT_TOP_K
-    tempered_entropy: bool = False  # ablation: entropy of the tempered distribution
-    branch_window: int = 1000  # W: steps without any branch after which branching closes
-    dynamic_threshold: bool = False  # θ_t = max(θ, p99 of the prompt's entropies so far)
-    end_of_thinking: str | None = None  # e.g. "</think>": no branching after it
-    seed: int = 55
-    ignore_eos: bool = False  # benchmarks: run every sequence to max_new_tokens
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if not math.isfinite(self.theta) or self.theta < 0:
-            raise ConfigError(f"theta must be a number >= 0 (nats), got {self.theta}")
-        if not 1 <= self.max_sequences <= MAX_SEQUENCES:
-            raise ConfigError(f"max-sequences must be between 1 and {MAX_SEQUENCES}, got {self.max_sequences}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.top_k_entropy < 2:
-            raise ConfigError(f"top-k-entropy must be >= 2, got {self.top_k_entropy}")
-        if self.branch_window < 1:
-            raise ConfigError(f"branch window must be >= 1 step, got {self.branch_window}")
-        try:
-            self.sampling.validate()
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-
-
 @dataclass
 class Request:
     """One prompt to generate for.
@@ -204,9 +166,7 @@ class _PromptRun:
     entropy_history: list[float] = field(default_factory=list)
 
     def threshold(self, dynamic: bool) -> float:
-        if dynamic and len(self.entropy_history) >= 2:
-            return max(self.theta, float(np.percentile(self.entropy_history, 99)))
-        return self.theta
+        return branching_rule.threshold(self.theta, self.entropy_history, dynamic)
 
 
 TokenCallback = Callable[[T.Tree, T.Sequence, int], None]
@@ -597,9 +557,12 @@ class _StepLoop:
         if n == 0:  # a full cache cut every row: their prompts are complete
             yield from self._completed_runs()
             return
+        # Entropy where a branch may happen (and everywhere when recording), never past the end of
+        # thinking: NaN elsewhere, which never exceeds θ.
         entropies = np.full(n, np.nan)
+        record = self.config.record_entropies
         wants_entropy = np.fromiter(
-            (r.run.branching_open and not r.past_thinking for r in rows), dtype=bool, count=n
+            ((record or r.run.branching_open) and not r.past_thinking for r in rows), dtype=bool, count=n
         )
         if wants_entropy.any():
             idx = np.flatnonzero(wants_entropy)
@@ -607,31 +570,16 @@ class _StepLoop:
             subset = logits if len(idx) == n else logits[idx]  # no copy in the common case
             entropies[idx] = top_k_entropy(subset, self.config.top_k_entropy, temperature or 1.0)
 
-        # The branch rule (eager-method.md §2): H > θ, room under the cap M, window open, not past
-        # the end of thinking. One event adds exactly one sequence, so count this step's events.
         thresholds = {id(run): run.threshold(self.config.dynamic_threshold) for run in self.runs}
-        branching = np.zeros(n, dtype=bool)
-        new_this_step: dict[int, int] = {}
-        for i in np.flatnonzero(wants_entropy & (entropies > min(thresholds.values(), default=0))):
-            run = rows[i].run
-            planned = new_this_step.get(id(run), 0)
-            if entropies[i] > thresholds[id(run)] and len(run.tree.sequences) + planned < run.cap:
-                branching[i] = True
-                new_this_step[id(run)] = planned + 1
-
-        # Budget: every row needs one token, a branching row two. Earlier rows go first.
-        remaining = self.budget.remaining
-        cut = np.zeros(n, dtype=bool)
-        for i in range(n):
-            need = 2 if branching[i] else 1
-            if need <= remaining:
-                remaining -= need
-            elif branching[i] and remaining >= 1:
-                branching[i] = False  # not enough for the child: the row just samples
-                remaining -= 1
-            else:
-                cut[i] = True
-                branching[i] = False
+        open_rows = np.fromiter((r.run.branching_open for r in rows), dtype=bool, count=n)
+        branching, cut = branching_rule.decide(
+            np.where(open_rows, entropies, np.nan),
+            np.fromiter((thresholds[id(r.run)] for r in rows), dtype=np.float64, count=n),
+            np.fromiter((id(r.run) for r in rows), dtype=np.int64, count=n),
+            {id(run): len(run.tree.sequences) for run in self.runs},
+            {id(run): run.cap for run in self.runs},
+            self.budget.remaining,
+        )
 
         sampled = ~branching & ~cut
         tokens = np.zeros(n, dtype=np.int64)
@@ -652,7 +600,7 @@ class _StepLoop:
             branched_runs.add(id(row.run))
 
         if self.config.dynamic_threshold:
-            for i in np.flatnonzero(wants_entropy):
+            for i in np.flatnonzero(wants_entropy & open_rows):
                 rows[i].run.entropy_history.append(float(entropies[i]))
 
         for i, row in enumerate(rows):
@@ -671,7 +619,8 @@ class _StepLoop:
                 run.steps_since_branch = 0
             else:
                 run.steps_since_branch += 1
-            if run.steps_since_branch >= self.config.branch_window or len(run.tree.sequences) >= run.cap:
+            if (not branching_rule.window_open(run.steps_since_branch, self.config.branch_window)
+                    or not branching_rule.under_cap(len(run.tree.sequences), run.cap)):
                 run.branching_open = False
 
         self.rows = [r for r in self.rows if r.seq.finish_reason is None]

@@ -24,8 +24,7 @@ import numpy as np
 
 import llama_cpp as lc
 
-# llama.cpp's compile-time limit on sequence ids (LLAMA_MAX_SEQ in src/llama-cparams.h).
-MAX_SEQUENCES = 256
+from .config import MAX_SEQUENCES
 
 
 class LlamaError(Exception):

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .io import write_json_atomic
+
 __all__ = [
     "ModelError",
     "ModelEntry",
@@ -247,6 +249,33 @@ def gguf_sha256(path: str | os.PathLike, *, progress: bool = False) -> str:
         if bar is not None:
             bar.close()
     return h.hexdigest()
+
+
+def model_sha256(path: str | os.PathLike, known: str | None = None) -> str:
+    """sha256 of a model file: `known` when the registry gives it, else hashed once per (path,
+    size, mtime) and remembered in the home directory (a large GGUF takes seconds to hash)."""
+    if known:
+        return known.lower()
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    cache_path = home_dir() / "sha256-cache.json"
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        cache = {}
+    if not isinstance(cache, dict):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = gguf_sha256(path, progress=sys.stderr.isatty())
+    cache[key] = digest
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cache_path, cache, sync=False)
+    except OSError:
+        pass  # a cache we cannot write only costs a re-hash next time
+    return digest
 
 
 def _copy_hashing(src: BinaryIO, dst: BinaryIO, bar) -> tuple[str, int]:

@@ -7,27 +7,9 @@ give the same tree, token for token, and a prompt run alone samples as it does i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.6
-    top_k: int = 0  # 0 = off (the full vocabulary)
-    top_p: float = 1.0  # 1 = off
-    min_p: float = 0.0  # 0 = off
-
-    def validate(self) -> None:
-        if not np.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top-k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.min_p < 1:
-            raise ValueError(f"min-p must be in [0, 1), got {self.min_p}")
+from .config import SamplingParams
 
 
 def sequence_rng(seed: int, prompt_index: int, sequence_number: int) -> np.random.Generator:

@@ -62,7 +62,7 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
     from .datasets import load_dataset, parse_shard, select
     from .plan import PER_PROMPT_CAP
     from .prompting import load_template
-    from .runner import (DEFAULT_CHECK_THETA, EvalSpec, Evaluation, dedupe, model_sha256, open_run_dir, parse_list,
+    from .runner import (DEFAULT_CHECK_THETA, EvalSpec, Evaluation, dedupe, open_run_dir, parse_list,
                          parse_methods, parse_theta_specs, session_info)
 
     method_list = parse_methods(methods)
@@ -104,7 +104,7 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
         raise ValueError("no problems selected (check --limit, --offset, --ids and --shard)")
 
     resolved = models.resolve(opts["model"])
-    sha = model_sha256(resolved.path, resolved.sha256)
+    sha = models.model_sha256(resolved.path, resolved.sha256)
     runner = None
     thetas = fixed
     calibration: list[dict] = []

@@ -230,32 +230,6 @@ def session_info(model_path: Path, model_name: str | None, sha256: str, threads:
     }
 
 
-def model_sha256(path: Path, known: str | None = None) -> str:
-    """sha256 of the model file, hashed once per (path, size, mtime) and cached in the home dir."""
-    from .. import models
-
-    if known:
-        return known.lower()
-    path = path.resolve()
-    st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    cache_path = models.home_dir() / "sha256-cache.json"
-    try:
-        cache = store.read_json(cache_path) or {}
-    except store.ResultsError:
-        cache = {}
-    if key in cache:
-        return cache[key]
-    digest = models.gguf_sha256(path, progress=sys.stderr.isatty())
-    cache[key] = digest
-    try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        store.write_json_atomic(cache_path, cache, sync=False)
-    except OSError:
-        pass  # a cache we cannot write only costs a re-hash next time
-    return digest
-
-
 # --- records ---------------------------------------------------------------------------------------
 def make_record(problem: Problem, position: int, tree, point: Point, extra: dict | None = None) -> dict:
     """One prompt's (or one extra run's) results as a JSON-ready dict, graded."""

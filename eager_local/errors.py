@@ -1,0 +1,21 @@
+"""The errors a user can cause, and only those.
+
+Every front-end turns an `EagerError` (or a missing or unreadable file the user named) into one
+line on stderr and exit code 2, or a 4xx response. Anything else is a bug and keeps its traceback:
+so raise one of these for bad input, never a bare ValueError.
+"""
+
+from __future__ import annotations
+
+
+class EagerError(Exception):
+    """Bad input, worded for a user in one line."""
+
+
+class ConfigError(EagerError, ValueError):
+    """A nonsense generation parameter."""
+
+
+# What the command line reports as one line (cli/options.py). File errors are the user's only when
+# they name a path that is missing or not theirs to read; any other OSError is the machine's.
+USER_ERRORS = (EagerError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
