@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from . import models
 from .budget import TokenBudget
 from .config import GenerationConfig, make_config
@@ -56,6 +58,18 @@ class EagerLocal:
         """A GenerationConfig from keyword options (the same names as the CLI's, with underscores)."""
         options.setdefault("end_of_thinking", self.end_of_thinking)
         return make_config(**options)
+
+    def stream(self, requests: list[Request], config: GenerationConfig, *, budget: TokenBudget | None = None,
+               on_token=None, keep_sequences: bool = False, catch_interrupt: bool = False) -> Iterator[Tree]:
+        """Generate for prepared requests (token ids, per-request overrides); yield each prompt's tree
+        as soon as it completes. The front-ends (run, chat, eval, calibration) come in here."""
+        yield from self.engine.stream(requests, config, budget=budget, on_token=on_token,
+                                      keep_sequences=keep_sequences, catch_interrupt=catch_interrupt)
+
+    def generate_requests(self, requests: list[Request], config: GenerationConfig, *,
+                          budget: TokenBudget | None = None, on_token=None) -> list[Tree]:
+        """Like stream(), all at once: the trees in request order."""
+        return self.engine.generate(requests, config, budget=budget, on_token=on_token)
 
     def generate(
         self,
