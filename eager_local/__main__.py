@@ -1,3 +1,5 @@
+"""`python -m eager_local` is the `eager-local` command."""
+
 from .cli import main
 
 main()

@@ -13,12 +13,19 @@ from collections.abc import Iterator
 from . import models
 from .budget import TokenBudget
 from .config import GenerationConfig, make_config
-from .engine import Engine, Request
+from .engine import Engine, Request, StepStats
 from .llama import Model
 from .tree import Tree
 
 
 class EagerLocal:
+    """One model and its engine, loaded once; every front-end generates through these methods.
+
+    `generate` takes prompt texts and options by name; `stream` / `generate_requests` take
+    prepared requests (token ids, a conversation prefix already in the KV cache, per-request
+    seeds) and a GenerationConfig, for front-ends that build their own prompts.
+    """
+
     def __init__(
         self,
         model: str | None = None,
@@ -70,6 +77,26 @@ class EagerLocal:
                           budget: TokenBudget | None = None, on_token=None) -> list[Tree]:
         """Like stream(), all at once: the trees in request order."""
         return self.engine.generate(requests, config, budget=budget, on_token=on_token)
+
+    # Sequences a caller keeps in the KV cache (stream(keep_sequences=True)), by their llama id
+    # (`Sequence.llama_seq`): a chat continues its next turn from one of them.
+    def count_steps(self) -> StepStats:
+        """Start a fresh count of how full the engine keeps its batches (steps, rows and prompts per
+        step); the returned StepStats fills as later calls generate."""
+        self.engine.stats = StepStats()
+        return self.engine.stats
+
+    @property
+    def threads(self) -> int | None:
+        return self.engine.n_threads
+
+    def kept_length(self, llama_seq: int) -> int:
+        """How many positions a kept sequence holds in the KV cache."""
+        return self.engine.context.seq_length(llama_seq)
+
+    def release(self, llama_seq: int) -> None:
+        """Free a kept sequence's KV cells."""
+        self.engine.release(llama_seq)
 
     def generate(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import ConfigError
+
 
 class TokenBudget:
     """Counts generated tokens against an optional limit. Shared prefixes are spent once.
@@ -12,7 +14,7 @@ class TokenBudget:
 
     def __init__(self, limit: int | None = None):
         if limit is not None and limit < 0:
-            raise ValueError(f"budget must be >= 0 tokens, got {limit}")
+            raise ConfigError(f"budget must be >= 0 tokens, got {limit}")
         self.limit = limit
         self.spent = 0
 
@@ -31,7 +33,7 @@ class TokenBudget:
 
     def raise_limit(self, limit: int | None) -> None:
         if limit is not None and limit < 0:
-            raise ValueError(f"budget must be >= 0 tokens, got {limit}")
+            raise ConfigError(f"budget must be >= 0 tokens, got {limit}")
         self.limit = limit
 
     def __repr__(self) -> str:

@@ -1,8 +1,9 @@
-"""`eager-local chat`: talk to a local model at the terminal and steer where it was unsure.
+"""The chat at the terminal: talk to a local model and steer where it was unsure.
 
 This module is the terminal: reading lines (readline on a TTY), the slash commands, streaming the
 reply, Ctrl-C / Ctrl-D. The conversation model is in `conversation.py`, generation and the KV
-cache policy in `chat_session.py`, the drawing of branches and trees in `render.py`.
+cache policy in `chat_session.py`, the drawing of branches and trees in `render.py`, the
+`eager-local chat` command and its options in `cli/chat.py`.
 
 Streams: on a TTY everything goes to stdout (colours unless NO_COLOR). With stdin not a TTY (a pipe,
 a file) output is plain: replies and command output on stdout, notes (summary lines, warnings,
@@ -17,15 +18,12 @@ import signal
 import sys
 from pathlib import Path
 
-import click
-
 from . import render
-from .budget import TokenBudget
-from .chat_session import BudgetSpent, ChatSession
+from .answers import extract_answer, tally
+from .chat_session import ChatSession
 from .conversation import ChatError
-from .engine import METHODS, ConfigError
+from .errors import EagerError
 from .llama import LlamaError
-from .eval.grading import extract_answer, majority_answer, normalize_answer_text, parse_number
 
 PROMPT = "you> "
 
@@ -198,7 +196,7 @@ class ChatUI:
 
         try:
             turn = start(on_token)
-        except (BudgetSpent, ChatError, ConfigError, LlamaError) as e:
+        except (EagerError, LlamaError) as e:  # BudgetSpent, ChatError, ConfigError among them
             self.error(str(e))
             return
         stream.close()
@@ -251,9 +249,9 @@ class ChatUI:
         handler = getattr(self, "cmd_" + name.replace("-", "_"))
         try:
             handler(arg)
-        except (ChatError, ConfigError) as e:
+        except EagerError as e:
             self.error(str(e))
-        except OSError as e:
+        except OSError as e:  # /save to a full disk or an unwritable folder: the session goes on
             self.error(f"{e.strerror or e}: {e.filename}" if getattr(e, "filename", None) else str(e))
 
     def cmd_help(self, arg):
@@ -303,18 +301,14 @@ class ChatUI:
     def cmd_vote(self, arg):
         turn = self._last("vote on")
         answers = [extract_answer(seq.text) for seq in turn.tree.sequences]
-        winner = majority_answer(answers, "numeric")
-        given = [a for a in answers if a is not None and a.strip()]
-        if winner is None:
+        groups = tally(answers)
+        if not groups:
             self.say(f"no answer could be extracted from the {len(answers)} branch(es)")
             return
-        groups: dict[object, list[str]] = {}
-        for a in given:
-            groups.setdefault(_vote_key(a), []).append(a)
-        count = len(groups[_vote_key(winner)])
-        tally = ", ".join(f"{v[0]} ×{len(v)}" for v in sorted(groups.values(), key=len, reverse=True))
-        missing = len(answers) - len(given)
-        self.say(f"majority answer: {winner} ({count} of {len(given)} answers; {tally})"
+        given = sum(len(g) for g in groups)
+        counts = ", ".join(f"{g[0]} ×{len(g)}" for g in groups)
+        missing = len(answers) - given
+        self.say(f"majority answer: {groups[0][0]} ({len(groups[0])} of {given} answers; {counts})"
                  + (f"; {missing} branch(es) gave none" if missing else ""))
 
     def _setting(self, command: str, arg: str) -> None:
@@ -382,11 +376,6 @@ class ChatUI:
         self.running = False
 
 
-def _vote_key(answer: str) -> object:
-    number = parse_number(answer)
-    return ("number", number) if number is not None else ("text", normalize_answer_text(answer))
-
-
 def _parse(arg: str, parse, usage: str, what: str):
     try:
         return parse(arg)
@@ -399,7 +388,7 @@ def _int(arg: str, usage: str, what: str) -> int:
     return _parse(arg, int, usage, what)
 
 
-def _listen_to_ctrl_c() -> None:
+def listen_to_ctrl_c() -> None:
     """Ctrl-C at a terminal means "stop generating", even if whatever started us ignored SIGINT.
 
     A process launched from a background job (a script's `cmd &`, nohup) inherits SIGINT as
@@ -420,7 +409,7 @@ def _history_path() -> Path | None:
     return home_dir() / "chat_history"
 
 
-def _setup_readline():
+def setup_readline():
     """Line editing and history on a TTY; returns a function that saves the history."""
     try:
         import readline
@@ -444,62 +433,3 @@ def _setup_readline():
             pass
 
     return save
-
-
-# --- the command ---------------------------------------------------------------------------------
-# cli.py imports this module at its end to register the command, and the command needs cli's shared
-# options. So the command is defined first, then cli is imported (whichever module was imported
-# first, `chat_command` exists when cli asks for it) and the shared options are added to it.
-@click.command(name="chat")
-@click.option("--method", type=click.Choice(METHODS), default="eager-init", show_default=True)
-@click.option("--once", is_flag=True, help="Answer one message, then exit.")
-@click.option("--load", "load_file", default=None, metavar="FILE", help="Start from a saved conversation.")
-def chat_command(method, once, load_file, **opts):
-    """Chat with a local model; every turn keeps its branches (/help inside)."""
-    return user_errors(_chat)(method, once, load_file, opts)
-
-
-def _chat(method, once, load_file, opts):
-    if not opts["chat"]:
-        raise ConfigError("chat needs the model's chat template; --raw is for `eager-local run`")
-    check_theta_options(opts)
-    runner = load_runner(opts)
-    if not runner.model.chat_template():
-        raise ConfigError(f"{runner.resolved.path.name} has no chat template in its metadata; chat needs one")
-    theta, _ = resolve_theta_option(opts, runner)
-    settings = dict(config_options(opts), theta=theta, method=method)
-    session = ChatSession(runner, settings, budget=TokenBudget(opts["budget"]))
-    session.conversation.system = opts["system"]
-    interactive = sys.stdin.isatty()
-    colour = interactive and render.use_colour(sys.stdout)
-    ui = ChatUI(session, interactive=interactive, colour=colour, once=once)
-    if load_file:
-        try:
-            ui.cmd_load(load_file)
-        except ChatError as e:
-            raise ConfigError(str(e)) from None
-    save_history = _setup_readline() if interactive else (lambda: None)
-    if interactive:
-        _listen_to_ctrl_c()
-    try:
-        ui.run()
-    except BrokenPipeError:  # `... | head`: the reader left; nothing more to say
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-    finally:
-        save_history()
-        session.close()
-
-
-from .cli import (  # noqa: E402
-    check_theta_options,
-    config_options,
-    generation_options,
-    load_runner,
-    resolve_theta_option,
-    user_errors,
-)
-
-chat_command.params[1:1] = list(reversed(generation_options(lambda: None).__click_params__))

@@ -18,7 +18,10 @@ import time
 from dataclasses import dataclass, field
 
 from .budget import TokenBudget
+from .config import GenerationConfig
 from .conversation import (
+    FORMAT,
+    VERSION,
     ChatError,
     Conversation,
     Turn,
@@ -30,10 +33,9 @@ from .conversation import (
     same_model,
     turns_from,
     write_atomic,
-    FORMAT,
-    VERSION,
 )
-from .engine import ConfigError, GenerationConfig, Request
+from .engine import Request
+from .errors import ConfigError
 from .tree import BUDGET, CANCELLED, KV_FULL, Tree
 
 # The settings chat commands may change (GenerationConfig keywords) and their types.
@@ -46,7 +48,7 @@ SETTINGS = {
 
 
 class BudgetSpent(ChatError):
-    pass
+    """The session's token budget is spent: no new generation until the limit is raised."""
 
 
 @dataclass
@@ -73,6 +75,9 @@ class TurnStats:
 
 @dataclass
 class ChatSession:
+    """A conversation with its settings and budget, generated through the API (`llm`), keeping
+    the last turn's branches in the KV cache so the next turn continues from any of them."""
+
     llm: object  # api.EagerLocal
     settings: dict  # GenerationConfig keywords (llm.config(**settings))
     budget: TokenBudget = field(default_factory=TokenBudget)
@@ -88,10 +93,6 @@ class ChatSession:
         if self.model is None:
             resolved = self.llm.resolved
             self.model = model_identity(resolved.path, name=resolved.name, sha256=resolved.sha256)
-
-    @property
-    def engine(self):
-        return self.llm.engine
 
     # settings -----------------------------------------------------------------------------------
     def config(self, settings: dict | None = None) -> GenerationConfig:
@@ -142,7 +143,7 @@ class ChatSession:
         trees: list[Tree] = []
         interrupted = False
         try:
-            for tree in self.engine.stream(
+            for tree in self.llm.stream(
                 [request], config, budget=self.budget, on_token=on_token, keep_sequences=True, catch_interrupt=True
             ):
                 trees.append(tree)
@@ -158,10 +159,9 @@ class ChatSession:
             return None
         # The new branches share the prefix's cells; the prefix itself is no longer needed.
         self._keep_only(None)
-        ctx = self.engine.context
         for seq in tree.sequences:
             if seq.llama_seq is not None:
-                held = ctx.seq_length(seq.llama_seq)
+                held = self.llm.kept_length(seq.llama_seq)
                 self._kept.append(_Kept(seq.llama_seq, (tokens + seq.tokens)[:held]))
         computed_from = min(reuse, len(tokens) - 1) if prefix else 0
         turn = Turn(user=user, tree=tree, picked=0, index=request.index, prompt=tokens, reused=computed_from)
@@ -193,7 +193,7 @@ class ChatSession:
     def _keep_only(self, keep: _Kept | None) -> None:
         for kept in self._kept:
             if kept is not keep:
-                self.engine.release(kept.llama_id)
+                self.llm.release(kept.llama_id)
         self._kept = [keep] if keep else []
 
     @property
@@ -252,7 +252,7 @@ class ChatSession:
                 unknown.append(key)
         try:
             self.config(settings)
-        except (ConfigError, TypeError, ValueError) as e:
+        except (ConfigError, TypeError) as e:  # a setting of the wrong type fails a comparison
             raise ChatError(f"{path} has unusable settings: {e}") from None
         if unknown:
             warnings.append(f"ignored settings this version does not know: {', '.join(sorted(unknown))}")

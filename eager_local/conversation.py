@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import EagerError
+from .io import write_text_atomic
 from .tree import Sequence, Tree
 
 FORMAT = "eager-local-chat"
 VERSION = 1
 
 
-class ChatError(ValueError):
+class ChatError(EagerError):
     """A request the chat cannot honour (bad argument, nothing to undo, unreadable file), worded
     for the user. The session goes on unchanged."""
 
@@ -154,26 +155,13 @@ def describe_model(identity: dict | None) -> str:
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write text to path through a temporary file in the same folder and os.replace: a crash or a
-    full disk leaves either the old file or the new one, never half of one."""
+    """Write a chat file atomically (io.write_text_atomic): a crash or a full disk leaves either
+    the old file or the new one, never half of one. The folder must exist (the user named it)."""
     target = Path(path).expanduser()
     folder = target.parent
     if not folder.is_dir():
         raise ChatError(f"cannot save to {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return target
+    return write_text_atomic(target, text)
 
 
 def dump_session(doc: dict) -> str:

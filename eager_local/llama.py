@@ -25,10 +25,12 @@ import numpy as np
 import llama_cpp as lc
 
 from .config import MAX_SEQUENCES
+from .errors import EagerError
 
 
-class LlamaError(Exception):
-    """A llama.cpp failure, worded for a user (one line)."""
+class LlamaError(EagerError):
+    """llama.cpp refused: a model it cannot load (a corrupt or unsupported GGUF), a context it cannot
+    allocate, a failed decode. Worded for a user in one line, with llama.cpp's own last error line."""
 
 
 class KVCacheFull(LlamaError):
@@ -274,11 +276,12 @@ class ContextSize:
 def _flash_attention(model: "Model", unified: bool) -> int:
     """llama.cpp's flash-attention setting for a context of this model.
 
-    With streams on the CPU it is off: llama.cpp's CPU flash-attention kernel made 16 rows at
-    position 600 decode at 58 instead of 132 tokens/s (scripts/bench_engine.py, section layout;
-    BENCHMARKS.md). A unified cache keeps llama.cpp's choice: there its kernel skips the cells of other
-    sequences, so a row's result does not depend on where they sit (chat compares a continued
-    branch with a fresh context). Layers on a GPU: llama.cpp's choice.
+    With streams on the CPU it is off: llama.cpp's CPU flash-attention kernel decodes rows with a
+    long history at about half the speed of the plain path (scripts/bench_engine.py, section
+    layout; BENCHMARKS.md, "Engine speed, fork cost and memory"). A unified cache keeps llama.cpp's
+    choice: there its kernel skips the cells of other sequences, so a row's result does not depend
+    on where they sit (chat compares a continued branch with a fresh context). Layers on a GPU:
+    llama.cpp's choice.
     EAGER_LOCAL_FLASH_ATTN=1 or 0 overrides.
     """
     forced = os.environ.get("EAGER_LOCAL_FLASH_ATTN")
@@ -294,14 +297,15 @@ class Context:
 
     - streams (the default): each sequence has a KV stream of its own and a generated row attends
       over its own cells only. A fork copies the parent's stream (llama.cpp does it before the
-      next decode: 4 ms for SmolLM2-135M's 512-cell stream, BENCHMARKS.md) and a shared prefix is stored once
-      per branch. llama.cpp splits a batch into one micro-batch per run of consecutive sequence
-      ids (each re-reads all weights), so callers keep the ids they decode together contiguous
-      and in increasing order.
+      next decode; milliseconds, far below re-prefilling: BENCHMARKS.md, "Engine speed, fork cost
+      and memory") and a shared prefix is stored once per branch. llama.cpp splits a batch into one
+      micro-batch per run of consecutive sequence ids (each re-reads all weights), so callers keep
+      the ids they decode together contiguous and in increasing order.
     - unified: one pool of cells; a fork only tags the parent's cells with the child's id, so a
       long shared prefix (a chat history) is stored once. But every row attends over all cells in
-      use, every prompt's and every branch's, so a step costs rows x all cells: 16 rows at
-      position 600 decoded 2.8x slower than with streams (BENCHMARKS.md, section layout).
+      use, every prompt's and every branch's, so a step costs rows x all cells, and many rows with
+      a long history decode several times slower than with streams (scripts/bench_engine.py,
+      section layout; BENCHMARKS.md, "Engine speed, fork cost and memory").
     """
 
     def __init__(self, model: Model, size: ContextSize, *, n_threads: int | None = None):

@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Iterable
 
+from .answers import extract_answer
 from .budget import TokenBudget
 from .tree import Sequence, Tree
 
@@ -179,11 +180,11 @@ def entropy_stats(seq: Sequence) -> str:
 
 # --- the `run` command ---------------------------------------------------------------------------
 def render_run(tree: Tree, *, wall: float, budget: TokenBudget | None = None) -> str:
-    from .eval.grading import extract_boxed
-
+    """`run`'s output: each branch's header (fork point, length, finish, answer) and text, then
+    the summary line."""
     lines = []
     for seq in tree.sequences:
-        answer = extract_boxed(seq.text)
+        answer = extract_answer(seq.text)
         head = f"── branch #{seq.id} · {describe_fork(tree, seq.id)} · {seq.new_token_count} new tokens · {seq.finish_reason}"
         if answer is not None:
             head += f" · answer: {answer}"

@@ -39,8 +39,9 @@ class Sequence:
     parent: int | None
     fork_at: int  # generated tokens shared with the parent (0 for root sequences)
     tokens: list[int] = field(default_factory=list)
-    # top-K entropy of the distribution each token was drawn from; NaN where it was not computed
-    # (after branching closed for the prompt the engine skips it).
+    # top-K entropy of the distribution each token was drawn from; NaN where it was not computed:
+    # past the end of thinking, and, unless the config records entropies, wherever no branch could
+    # happen (branching closed for the prompt, method parallel).
     entropies: list[float] = field(default_factory=list)
     finish_reason: str | None = None
     text: str = ""

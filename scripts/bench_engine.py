@@ -4,7 +4,7 @@
     python scripts/bench_engine.py                 # everything, default model
     python scripts/bench_engine.py --only decode   # one section: decode, sequential, fork, memory, layout
 
-Sections (issue 2's targets):
+Sections, each with its target:
   decode      engine tokens/s at B = 1, 8, 32 live sequences vs a bare batched llama_decode loop
               over the same kind of context (target: engine >= 0.85 x bare);
   sequential  full parallel sampling of M = 32 answers vs drawing them one after another with
@@ -31,9 +31,9 @@ import time
 import numpy as np
 
 from eager_local import models
-from eager_local.engine import Engine, GenerationConfig, Request
+from eager_local.config import GenerationConfig, SamplingParams
+from eager_local.engine import Engine, Request
 from eager_local.llama import Context, ContextSize, Model, default_threads
-from eager_local.sampling import SamplingParams
 
 PROMPT = "Write a long story about a robot who learns to paint. Describe every day in detail."
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from eager_local.api import EagerLocal
 from eager_local.llama import Context, ContextSize, _extra_buffers_enabled
-from eager_local.llama_server import LlamaServer
+from llama_server import LlamaServer  # scripts/llama_server.py (python puts scripts/ on the path)
 
 
 def our_top(llm: EagerLocal, tokens: list[int], temperature: float, k: int = 5) -> list[tuple[int, float]]:

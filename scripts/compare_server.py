@@ -25,12 +25,14 @@ import sys
 import time
 from pathlib import Path
 
+from eager_local.answers import extract_answer
 from eager_local.eval import store
 from eager_local.eval.datasets import load_dataset, select
-from eager_local.eval.grading import extract_answer, is_correct
+from eager_local.eval.grading import is_correct
 from eager_local.eval.metrics import aggregate, paired_bootstrap, prompt_metrics
 from eager_local.eval.prompting import load_template, render
-from eager_local.llama_server import LlamaServer
+from eager_local.io import write_json_atomic
+from llama_server import LlamaServer  # scripts/llama_server.py (python puts scripts/ on the path)
 
 SERVER_FILE = "llama-server.jsonl"
 
@@ -75,7 +77,7 @@ def server_phase(args, problems, prompts, model_path) -> dict:
     stats = store.read_json(stats_path) or {}
     if peak_mb is not None:
         stats["peak_mb"] = max(peak_mb, stats.get("peak_mb") or 0)
-        store.write_json_atomic(stats_path, stats)
+        write_json_atomic(stats_path, stats, indent=1)
     # A ratio is only fair when both sides ran in one invocation: the table says which it was.
     stats["measured_now"] = len(todo)
     stats["resumed"] = len(problems) - len(todo)

@@ -4,7 +4,7 @@
     python scripts/probe_prefill.py --prompts 32 --threads 2
 
 Why: calibration decodes every prompt once per sample, and on short answers the prompts are over
-half of the tokens it processes (docs/calibration.md, session 6). This prefills the same chat-rendered
+half of the tokens it processes (docs/calibration.md). This prefills the same chat-rendered
 arithmetic prompts one at a time in contexts of 2, 16, 64 and 256 streams (what the engine opens for
 few or many sequences), then all of them in one batch (llama.cpp's `parallel` example style), and
 prints tokens/s with the ratio to the 2-stream context measured first in the same run.

@@ -12,8 +12,10 @@ Pareto front (no other point has both more pass@k and fewer tokens) marked.
 
 Points whose θ came from `--theta auto` (a run's theta_calibration) are then set against the curve of
 the fixed θs of the same method and T: the curve's pass@k at the auto point's tokens, interpolated
-between the two fixed points that bracket them, and a paired-bootstrap interval of the gap (issue 6:
-"auto θ is never a worse choice than the best fixed θ a user could have guessed").
+between the two fixed points that bracket them, and a paired-bootstrap interval of the gap (is auto θ
+ever a worse choice than the fixed θ a user could have guessed?).
+
+Records are graded as `eager-local report` grades them: again, from their texts, with today's grader.
 """
 
 from __future__ import annotations
@@ -24,11 +26,6 @@ from pathlib import Path
 from eager_local.eval import store
 from eager_local.eval.metrics import paired_bootstrap
 from eager_local.eval.report import build_report
-
-
-def point_records(run_dir: Path, point_name: str) -> dict[str, dict]:
-    point = store.parse_point(point_name)
-    return {r["id"]: r for r in store.read_records(run_dir / point.records_file)}  # final sequences
 
 
 def repetition(records: dict[str, dict]) -> tuple[float, float]:
@@ -49,7 +46,7 @@ def rows(groups) -> list[dict]:
     for group in groups:
         temperature = group.params["generation"]["temperature"]
         for row in group.rows:
-            records = point_records(group.dirs[0], row["point"])
+            records = group.records[row["point"]]  # every merged dir's, re-graded
             capped, distinct = repetition(records)
             out.append({**row, "T": temperature, "capped": capped, "distinct": distinct, "records": records})
     # by temperature, parallel first, then θ: directories may have been run in any order

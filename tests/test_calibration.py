@@ -1,4 +1,4 @@
-"""Calibration of θ (issue 6): maths on known data, profiles on disk, and the real model end to end."""
+"""Calibration of θ: maths on known data, profile keys and files on disk, and the real model end to end."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import pytest
 
 from cli_helpers import eager
 from eager_local import calibration as C
+from eager_local.config import ConfigError, make_config, option_fields, parse_theta_spec
+from eager_local.engine import Request
+from eager_local.errors import EagerError
 
 LOW, HIGH = 0.5, 2.9  # entropies below / above every θ used in the synthetic tests
 
@@ -35,6 +38,11 @@ def test_quantiles_reject_bad_input():
         C.quantiles([], [50])
     with pytest.raises(C.CalibrationError):
         C.quantiles([1.0], [101])
+
+
+def test_calibration_errors_are_user_errors_not_value_errors():
+    # the command line reports EagerError as one line; a ValueError is a bug and keeps its traceback
+    assert issubclass(C.CalibrationError, EagerError) and not issubclass(C.CalibrationError, ValueError)
 
 
 # --- the estimator on synthetic traces ---------------------------------------------------------
@@ -64,8 +72,15 @@ def test_one_spike_gives_two_and_two_spikes_give_four():
 
 def test_branch_window_closes_branching():
     trace = [HIGH] + [LOW] * 9 + [HIGH] + [LOW] * 3  # spikes at steps 0 and 10
-    assert est([[trace]], branch_window=5) == 2.0  # 10 steps without a branch > W: closed
+    # The engine closes branching once W steps in a row passed without a branch: steps 1..9 are
+    # 9 such steps, so the spike at 10 still branches with W = 10 but not with W = 9.
+    assert est([[trace]], branch_window=5) == 2.0
+    assert est([[trace]], branch_window=9) == 2.0
     assert est([[trace]], branch_window=10) == 4.0
+    # From the start: a first spike at step 3 comes after 3 steps without a branch.
+    late = [LOW] * 3 + [HIGH] + [LOW] * 2
+    assert est([[late]], branch_window=3) == 1.0
+    assert est([[late]], branch_window=4) == 2.0
 
 
 def test_children_resample_the_prompts_traces():
@@ -111,8 +126,8 @@ def test_interpolate_theta_between_two_real_runs():
 
 
 def test_measured_theta_pools_real_runs():
-    assert C._non_increasing([1.0, 3.0, 2.0]) == [2.0, 2.0, 2.0]
-    assert C._non_increasing([3.0, 1.0, 2.0]) == [3.0, 1.5, 1.5]
+    assert C.estimator._non_increasing([1.0, 3.0, 2.0]) == [2.0, 2.0, 2.0]
+    assert C.estimator._non_increasing([3.0, 1.0, 2.0]) == [3.0, 1.5, 1.5]
     # (2.4, 12) and (2.5, 5) bracket 6: f = ln(12/6) / ln(12/5)
     expected = 2.4 + math.log(2) / math.log(12 / 5) * 0.1
     assert C.measured_theta([(2.6, 3.0), (2.4, 12.0), (2.5, 5.0)], 6.0) == pytest.approx(expected)
@@ -199,12 +214,12 @@ def test_default_targets():
 
 
 def test_theta_spec_parsing():
-    assert C.parse_theta_spec("2.4") == ("number", 2.4)
-    assert C.parse_theta_spec("auto") == ("auto", None)
-    assert C.parse_theta_spec("q99.5") == ("quantile", 99.5)
+    assert parse_theta_spec("2.4") == ("number", 2.4)
+    assert parse_theta_spec("auto") == ("auto", None)
+    assert parse_theta_spec("q99.5") == ("quantile", 99.5)
     for bad in ("q101", "fast", "-1", "nan"):
-        with pytest.raises(ValueError):
-            C.parse_theta_spec(bad)
+        with pytest.raises(ConfigError):
+            parse_theta_spec(bad)
 
 
 def test_task_of_dataset():
@@ -215,12 +230,59 @@ def test_task_of_dataset():
     assert C.task_of_dataset("my.jsonl") == "file:" + str(Path("my.jsonl").resolve())
 
 
+# --- profile keys ---------------------------------------------------------------------------------
+def make_key(model_sha256="ab" * 32, prompt_format="chat:0123456789ab", task="arith", **options):
+    return C.CalibrationKey.of(model_sha256, make_config(**{"max_new_tokens": 96, **options}), prompt_format, task)
+
+
+# Ids written by the code that wrote users' existing profiles (computed with it, from the same
+# settings): an entry is looked up by its id, so a changed id would orphan every saved profile.
+SAVED_KEY_IDS = {
+    "defaults, -n 96": ({}, "692946fa7c1a5b53"),
+    "every entropy option changed": (dict(top_k_entropy=10, temperature=0.8, tempered_entropy=True, top_k=40,
+                                          top_p=0.9, min_p=0.05, prompt_format="raw:0123456789ab", task="gsm8k"),
+                                     "3347630d5079599c"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAVED_KEY_IDS))
+def test_key_ids_are_those_of_saved_profiles(name):
+    changes, saved = SAVED_KEY_IDS[name]
+    assert make_key(**changes).id() == saved
+
+
+def test_key_ids_of_the_real_model_are_those_of_saved_profiles(llm):
+    # model sha256 and the GGUF's chat template hash included; an int temperature names the same setting
+    key = C.make_key(llm, llm.config(max_new_tokens=96), C.PromptFormat(chat=True), "default")
+    assert key.id() == "59553e365035ae2a" and key.prompt_format == "chat:5a6b5d65c24b"
+    raw = C.make_key(llm, llm.config(temperature=1), C.PromptFormat(chat=False, template="Q: {problem}"), "arith")
+    assert raw.id() == "49c77b07b50c81a7" and raw.prompt_format == "raw:04f8880e44c0"
+
+
+def _changed(value):
+    """Another valid value of an option: a flipped switch, a larger int, a smaller positive float."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    return value * 0.5 if value > 0 else 0.05
+
+
+def test_every_entropy_option_and_only_those_change_the_key():
+    # config.py's `entropy` flag says which options the recorded entropies depend on; an option
+    # added there with entropy=True must split profiles without any change to calibration.
+    base = make_config()
+    flat = base.flat()
+    for f in option_fields():
+        value = flat[f.name]
+        if value is None or isinstance(value, str):  # method, end_of_thinking: no numeric change to make
+            continue
+        other = base.with_options(**{f.name: _changed(value)})
+        changed = C.CalibrationKey.of("ab" * 32, other, "chat:x", "t") != C.CalibrationKey.of("ab" * 32, base, "chat:x", "t")
+        assert changed == f.metadata["entropy"], f.name
+
+
 # --- profiles on disk ----------------------------------------------------------------------------
-def make_key(**changes):
-    base = dict(model_sha256="ab" * 32, top_k_entropy=20, temperature=0.6, max_new_tokens=96,
-                prompt_format="chat:0123456789ab", task="arith")
-    base.update(changes)
-    return C.CalibrationKey(**base)
 
 
 @pytest.fixture
@@ -246,6 +308,25 @@ def test_profile_round_trip(home):
     assert C.load_entry(make_key()) is not None and C.load_entry(make_key(top_k_entropy=10)) is not None
 
 
+def test_a_profile_saved_by_earlier_versions_is_found(home):
+    # The file as the pre-redesign code wrote it: the key a flat object with these field names.
+    old_key = {"model_sha256": "ab" * 32, "top_k_entropy": 20, "temperature": 0.6, "max_new_tokens": 96,
+               "prompt_format": "chat:0123456789ab", "task": "arith", "tempered_entropy": False, "top_k": 0,
+               "top_p": 1.0, "min_p": 0.0, "version": 1}
+    check = {"target": 2, "max_sequences": 8, "branch_window": 1000, "theta": 2.5, "runs": []}
+    doc = {"format": "eager_local.calibration", "version": 1, "model_sha256": "ab" * 32,
+           "entries": {"692946fa7c1a5b53": {"key": old_key, "created": "then", "source": {}, "timing": {},
+                                            "quantiles": {}, "checks": [check], "traces": [[[0.5, None]]]}}}
+    path = home / "profiles" / ("ab" * 8 + ".json")
+    path.parent.mkdir()
+    path.write_text(json.dumps(doc))
+    entry = C.load_entry(make_key())
+    assert entry is not None and entry.created == "then" and entry.theta_for(2, 8, 1000)[0] == 2.5
+    assert entry.top_k_entropy == 20 and math.isnan(entry.traces[0][0][1])
+    C.save_entry(entry)  # written back in the same form
+    assert json.loads(path.read_text())["entries"]["692946fa7c1a5b53"]["key"] == old_key
+
+
 def test_mismatched_or_stale_profiles_are_not_used(home):
     C.save_entry(C.Calibration(key=make_key(), traces=[[[0.1]]], source={}))
     for other in (make_key(top_k_entropy=10), make_key(temperature=0.8), make_key(max_new_tokens=128),
@@ -262,18 +343,15 @@ def test_mismatched_or_stale_profiles_are_not_used(home):
 
 
 # --- the real model ------------------------------------------------------------------------------
-TINY = dict(max_sequences=4, max_new_tokens=24, calibrate_prompts=2)
+def tiny(llm, **options):
+    """A run's config with small settings: cheap calibrations."""
+    return llm.config(**{"max_sequences": 4, "max_new_tokens": 24, **options})
 
 
 def test_resolve_theta_auto_calibrates_then_reuses_and_recalibrates_when_stale(llm, home):
-    theta, info = C.resolve_theta("auto", llm, target_sequences=2, dataset_hint="arith:2:0", **TINY)
+    theta, info = C.resolve_theta("auto", llm, tiny(llm), target_sequences=2, dataset_hint="arith:2:0",
+                                  calibrate_prompts=2)
     assert info["calibrated_now"] and info["mode"] == "auto" and info["target"] == 2
-    assert 0.0 <= theta <= math.log(20)
-    assert info["predicted"] is not None
-    # measured, between measured runs, or a run's level applied along the estimate
-    assert info["achieved_on_calibration"] is not None or info["interpolated"] or info["corrected"]
-    if info["corrected"]:
-        assert 1 < info["measured_on_calibration"] < 4  # strictly between "no branching" and the cap M
     path = home / "profiles" / (C.model_sha256(llm)[:16] + ".json")
     assert str(path) == info["profile"] and path.exists()
     doc = json.loads(path.read_text())
@@ -281,31 +359,64 @@ def test_resolve_theta_auto_calibrates_then_reuses_and_recalibrates_when_stale(l
     assert len(entry["traces"]) == 2 and all(len(p) == C.DEFAULT_SAMPLES for p in entry["traces"])
     assert all(0 < len(t) <= 24 for p in entry["traces"] for t in p)
 
-    again, info2 = C.resolve_theta("auto", llm, target_sequences=2, dataset_hint="arith:5:9", **TINY)
+    # The check's real runs, redone through the public API (same prompts, seed, M): same #S per
+    # prompt. The θ used is the one the check kept, and what info says about it holds for those runs.
+    (check,) = entry["checks"]
+    assert check["target"] == 2 and check["max_sequences"] == 4 and theta == check["theta"]
+    problems = C.dataset_problems("arith:2:0", limit=2)
+    api_mean = {}
+    for run in check["runs"]:
+        trees = llm.generate(problems, theta=run["theta"], max_sequences=4, max_new_tokens=24, seed=55)
+        assert [len(t.sequences) for t in trees] == run["per_prompt"], run
+        api_mean[run["theta"]] = float(np.mean([len(t.sequences) for t in trees]))
+    if info["achieved_on_calibration"] is not None:  # the θ of a real run, kept as measured
+        assert info["achieved_on_calibration"] == pytest.approx(api_mean[theta])
+    elif info["corrected"]:  # a real run's level applied along the estimate
+        assert info["measured_on_calibration"] == pytest.approx(api_mean[info["measured_theta"]])
+        assert 1 < info["measured_on_calibration"] < 4  # strictly between "no branching" and the cap M
+    else:  # between two real runs that bracket the target
+        assert info["interpolated"] and len(api_mean) == 2
+        (lo, s_lo), (hi, s_hi) = sorted(api_mean.items())
+        assert lo <= theta <= hi and s_hi <= 2 <= s_lo
+
+    again, info2 = C.resolve_theta("auto", llm, tiny(llm), target_sequences=2, dataset_hint="arith:5:9",
+                                   calibrate_prompts=2)
     assert not info2["calibrated_now"] and again == theta  # same family, same settings: reused
 
-    q, info3 = C.resolve_theta("q90", llm, dataset_hint="arith", **TINY)
-    assert not info3["calibrated_now"] and q == pytest.approx(entry["quantiles"]["q90"], abs=1e-4)
+    # A quantile of every recorded entropy (numpy's percentile over the saved traces, 4 decimals).
+    q, info3 = C.resolve_theta("q90", llm, tiny(llm), dataset_hint="arith", calibrate_prompts=2)
+    recorded = [h for p in entry["traces"] for t in p for h in t if h is not None]
+    assert not info3["calibrated_now"] and q == pytest.approx(np.percentile(recorded, 90), abs=1e-4)
 
-    _, info4 = C.resolve_theta("auto", llm, target_sequences=2, dataset_hint="arith", temperature=0.8, **TINY)
+    _, info4 = C.resolve_theta("auto", llm, tiny(llm, temperature=0.8), target_sequences=2, dataset_hint="arith",
+                               calibrate_prompts=2)
     assert info4["calibrated_now"]  # other temperature: recalibrated, not reused
-    _, info5 = C.resolve_theta("q50", llm, dataset_hint="arith", top_k_entropy=10, **TINY)
+    _, info5 = C.resolve_theta("q50", llm, tiny(llm, top_k_entropy=10), dataset_hint="arith", calibrate_prompts=2)
     assert info5["calibrated_now"] and info5["theta"] <= math.log(10)
     assert len(json.loads(path.read_text())["entries"]) == 3
+    # Options the entropies do not depend on share the profile (θ, the seed, the dynamic threshold).
+    _, info6 = C.resolve_theta("q50", llm, tiny(llm, theta=1.0, seed=3, dynamic_threshold=True),
+                               dataset_hint="arith", calibrate_prompts=2)
+    assert not info6["calibrated_now"]
 
-    assert C.resolve_theta("2.2", llm, **TINY) == (2.2, {"spec": "2.2", "mode": "fixed", "theta": 2.2})
+    assert C.resolve_theta("2.2", llm, tiny(llm)) == (2.2, {"spec": "2.2", "mode": "fixed", "theta": 2.2})
 
 
-def test_recorded_traces_match_a_plain_run(llm):
-    """The traces are the entropies the engine reports, one per generated token."""
-    fmt = C.PromptFormat(chat=True)
-    tokens = [llm.prompt_tokens("What is 2 + 2?")]
-    traces, generated, _ = C.record_traces(llm, tokens, C.Settings(max_new_tokens=12), samples=2)
-    assert len(traces) == 1 and len(traces[0]) == 2
-    assert generated == sum(len(t) for t in traces[0])
-    flat = [h for t in traces[0] for h in t]
-    assert all(0.0 <= h <= math.log(20) + 1e-9 for h in flat)  # computed at every step, never NaN
-    assert fmt.key(llm.model.chat_template()) != C.PromptFormat(chat=False).key(None)
+def test_recorded_traces_are_every_steps_entropy(llm):
+    """The traces are what EAGer-init computes when it may branch at every step but cannot (θ above
+    ln K, a window longer than the generation): the same runs' entropies, token for token."""
+    tokens = [llm.prompt_tokens("What is 2 + 2?"), llm.prompt_tokens("Name a colour.")]
+    traces, generated, _ = C.record_traces(llm, tokens, llm.config(max_new_tokens=12), samples=2)
+    assert len(traces) == 2 and all(len(p) == 2 for p in traces)
+    requests = [Request(tokens=t, index=C.decode.RECORD_INDEX_OFFSET + p * 2 + s)
+                for p, t in enumerate(tokens) for s in range(2)]
+    never = llm.config(max_new_tokens=12, theta=math.log(20) + 1, max_sequences=2, branch_window=13)
+    trees = llm.generate_requests(requests, never)
+    assert all(len(t.sequences) == 1 for t in trees)
+    assert [t for p in traces for t in p] == [t.sequences[0].entropies for t in trees]
+    assert generated == sum(t.generated_tokens for t in trees)
+    assert not any(math.isnan(h) for p in traces for t in p for h in t)
+    assert C.PromptFormat(chat=True).key(llm.model.chat_template()) != C.PromptFormat(chat=False).key(None)
 
 
 def test_a_check_with_seeds_is_the_runs_of_each_seed(llm):
@@ -313,9 +424,8 @@ def test_a_check_with_seeds_is_the_runs_of_each_seed(llm):
     with that seed gives (what `eval --seed` gives), and the mean over the prompts' means."""
     prompts = ["What is 23 + 19?", "What is 71 - 38?", "Name a colour.", "What is 9 * 7?"]
     tokens = [llm.prompt_tokens(p) for p in prompts]
-    settings = C.Settings(max_new_tokens=16, seed=55)
-    both = C.check_theta(llm, tokens, settings, 2.4, 4, seeds=2)
-    one = [C.check_theta(llm, tokens, C.Settings(max_new_tokens=16, seed=s), 2.4, 4) for s in (55, 56)]
+    both = C.check_theta(llm, tokens, llm.config(max_new_tokens=16, max_sequences=4, seed=55), 2.4, seeds=2)
+    one = [C.check_theta(llm, tokens, llm.config(max_new_tokens=16, max_sequences=4, seed=s), 2.4) for s in (55, 56)]
     assert one[0]["per_prompt"] != one[1]["per_prompt"]  # the seeds differ, so the mapping is tested
     assert both["seeds"] == 2 and both["per_seed"] == [r["achieved"] for r in one]
     pairs = zip(one[0]["per_prompt"], one[1]["per_prompt"])

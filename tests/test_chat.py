@@ -22,7 +22,6 @@ import sys
 
 import pytest
 
-import eager_local.cli  # noqa: F401  (cli registers the chat command: import it before chat)
 from eager_local import tree as T
 from eager_local.budget import TokenBudget
 from eager_local.chat import ChatUI
@@ -36,7 +35,7 @@ from eager_local.conversation import (
     same_model,
     write_atomic,
 )
-from eager_local.engine import ConfigError
+from eager_local.errors import ConfigError
 from eager_local.entropy import top_k_entropy
 from eager_local.llama import Context, ContextSize
 
@@ -159,11 +158,11 @@ def branched_first_turn(session) -> Turn:
 def test_pick_continues_from_the_picked_branch_without_recomputing(session, prefills):
     # Start from a fresh KV cache: llama.cpp's float results depend on where cells sit in the cache
     # (0.07 nats of entropy after other tests had used it), and the reference below is a fresh context.
-    session.engine.reset()
+    session.llm.engine.reset()
     first = branched_first_turn(session)
     assert prefills == [(len(first.prompt), 0)]  # the first turn computes its whole prompt
     branch = first.tree.sequences[1]
-    engine = session.engine
+    engine = session.llm.engine
     assert set(session.kept_ids) == {s.llama_seq for s in first.tree.sequences} == engine._pinned
     held = engine.context.seq_length(branch.llama_seq)
     assert held >= len(first.prompt) + len(branch.tokens) - 1  # prompt + reply in the cache

@@ -88,3 +88,60 @@ def test_console_script_is_installed():
     assert found, "eager-local console script not installed"
     r = subprocess.run([found, "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "run" in r.stdout and "models" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["-M", "4,abc"], "max-sequences: 'abc' is not an integer"),
+        (["--theta", "auto,2.0", "-M", "4,8"], "needs a single -M"),
+        (["--theta", "2.0", "-S", "3"], "--target-sequences goes with --theta auto"),
+        (["--method", "eager,beam"], "unknown method 'beam'"),
+        (["--ids", "@missing-ids.txt"], "cannot read ids file"),
+    ],
+)
+def test_eval_refuses_nonsense_before_loading_anything(tmp_path, args, fragment):
+    r = eager("eval", "-d", "arith:8", "--out", str(tmp_path / "run"), *args, cwd=tmp_path)
+    assert_one_line_error(r, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_config_option_is_a_flag_of_every_generating_command():
+    """config.py is the one definition: each of its command-line options is an option of run,
+    chat and eval under the field's own name and flags."""
+    from eager_local.cli import cli
+    from eager_local.config import option_fields
+
+    for name in ("run", "chat", "eval"):
+        params = {p.name: p for p in cli.commands[name].params}
+        for f in option_fields():
+            if not f.metadata["cli"]:
+                assert f.name not in params, (name, f.name)
+                continue
+            if name == "eval" and f.name == "method":
+                continue  # eval's --method is a comma list of the evaluation methods
+            assert f.name in params, (name, f.name)
+            assert set(f.metadata["flags"]) <= set(params[f.name].opts) | set(params[f.name].secondary_opts)
+
+
+BUG = """
+import sys
+import eager_local.cli.options as options
+
+def broken(**flat):
+    raise {error}
+
+options.make_config = broken  # config_from_options builds every command's config through it
+from eager_local.cli import main
+main(["run", "hi", "-n", "4"])
+"""
+
+
+@pytest.mark.parametrize("error", ['ValueError("operands could not be broadcast")', "IndexError('index 3 is out of "
+                                   "bounds')", "OSError(28, 'No space left on device')"])
+def test_a_bug_is_not_disguised_as_bad_input(error):
+    """Only the project's own errors (and a missing or unreadable file) become one line and exit 2:
+    a ValueError, an IndexError or a full disk on the run path shows its traceback."""
+    r = subprocess.run([sys.executable, "-c", BUG.format(error=error)], capture_output=True, text=True, timeout=120)
+    assert r.returncode not in (0, 2), (r.returncode, r.stderr)
+    assert "Traceback" in r.stderr and error.split("(")[0] in r.stderr.splitlines()[-1]

@@ -17,6 +17,7 @@ from eager_local.eval.datasets import (
     parse_shard,
     select,
 )
+from eager_local.errors import EagerError
 
 # sha256 of the bundled files, from the datasets README: the copies must be byte-identical.
 BUNDLED_SHA256 = {
@@ -138,8 +139,9 @@ def test_malformed_line_names_file_and_line(tmp_path, bad_line, message):
     assert "\n" not in text
 
 
-def test_dataset_error_is_a_value_error():
-    assert issubclass(DatasetError, ValueError)
+def test_dataset_error_is_a_user_error():
+    # The command line turns EagerError into one line and exit code 2; a ValueError would be a bug.
+    assert issubclass(DatasetError, EagerError) and not issubclass(DatasetError, ValueError)
 
 
 def test_missing_field_message_exact(tmp_path, monkeypatch):
@@ -229,7 +231,7 @@ def test_arith_levels_are_spread_evenly_and_grow_harder():
 def test_arith_level_subset_and_validation():
     problems = arith_problems(6, seed=0, levels=(2, 5))
     assert [p.id[:8] for p in problems] == ["arith-L2", "arith-L5"] * 3
-    with pytest.raises(ValueError, match="unknown arithmetic level"):
+    with pytest.raises(DatasetError, match="unknown arithmetic level"):
         arith_problems(5, levels=(1, 6))
 
 

@@ -9,7 +9,9 @@ import pytest
 
 from eager_local import tree as T
 from eager_local.budget import TokenBudget
-from eager_local.engine import ConfigError, Engine, Request, RowForecast
+from eager_local.config import ConfigError
+from eager_local.engine import Engine, Request
+from eager_local.engine.sizing import RowForecast
 from eager_local.entropy import top_k_entropy
 from eager_local.llama import Context, ContextSize
 
@@ -158,6 +160,31 @@ def test_branch_window_closes_branching(llm, arith_prompt):
     assert any(math.isnan(h) for s in closed.sequences for h in s.entropies)
 
 
+def test_record_entropies_computes_every_step_without_changing_the_tokens(llm, arith_prompt):
+    """record_entropies=True computes the entropy where the engine otherwise skips it, and only that."""
+    # parallel with M = 1: one plain sampled sequence, branching never open, so nothing is computed
+    # unless recording
+    options = dict(method="parallel", max_sequences=1, max_new_tokens=32, ignore_eos=True, seed=13)
+    (plain,) = gen(llm, [arith_prompt], **options)
+    (recorded,) = gen(llm, [arith_prompt], record_entropies=True, **options)
+    assert [s.tokens for s in recorded.sequences] == [s.tokens for s in plain.sequences]
+    assert len(recorded.sequences[0].tokens) == 32
+    assert all(math.isnan(h) for h in plain.sequences[0].entropies)
+    assert all(0 <= h <= math.log(20) for h in recorded.sequences[0].entropies)
+
+    # eager-init that never branches (θ above ln 20) with W = 4: the window closes after the 4th
+    # step, so without recording only the first 4 tokens have an entropy
+    options = dict(theta=3.5, max_sequences=4, branch_window=4, max_new_tokens=24, ignore_eos=True, seed=13)
+    (plain,) = gen(llm, [arith_prompt], **options)
+    (recorded,) = gen(llm, [arith_prompt], record_entropies=True, **options)
+    assert len(plain.sequences) == len(recorded.sequences) == 1
+    assert recorded.sequences[0].tokens == plain.sequences[0].tokens
+    plain_h, recorded_h = plain.sequences[0].entropies, recorded.sequences[0].entropies
+    assert [math.isnan(h) for h in plain_h] == [False] * 4 + [True] * 20
+    assert all(0 <= h <= math.log(20) for h in recorded_h)
+    assert recorded_h[:4] == pytest.approx(plain_h[:4])
+
+
 def test_no_branching_after_end_of_thinking(llm, arith_prompt):
     marker = " is"
     marker_id = llm.model.single_token(marker)
@@ -304,35 +331,26 @@ def test_new_prompts_wait_while_the_batch_is_full(llm, monkeypatch):
     assert 8 in step_widths
 
 
-@pytest.mark.parametrize("rule", ["peak", "mean", "first-row"])
-def test_eager_prompts_are_admitted_by_the_rows_they_grow_to(llm, monkeypatch, rule):
+def test_eager_prompts_are_admitted_by_the_rows_they_grow_to(llm, monkeypatch):
     """An EAGer prompt starts as one row but branches: admission counts the rows it is expected
-    to hold (at first M, then learnt from finished prompts), not its first row."""
-    engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8, admission=rule)
+    to hold (before any prompt finished (1 + M) / 2, then learnt from finished prompts), not its
+    first row."""
+    engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8)
     config = llm.config(theta=0.0, max_sequences=4, max_new_tokens=12)  # θ = 0: every prompt reaches 4
     trees, step_widths = step_widths_of(llm, monkeypatch, engine, config)
     assert all(len(t.sequences) == 4 for t in trees)
     assert engine.stats.peak_rows >= max(step_widths) and engine.stats.steps >= len(step_widths)
-    if rule == "first-row":  # the old rule: all six admitted as one row each, then 24 rows
-        assert max(step_widths) > 12 and engine.stats.peak_prompts == 6
-    else:  # 2.5 rows expected of each before any finished: three at first (12 rows), then two at a time
-        assert engine.stats.peak_rows <= 12 and engine.stats.peak_prompts == 3
+    # 2.5 rows expected of each before any finished: three at first (7.5 <= 8; 12 rows once they
+    # branched), never all six (admitted by their first row, six would grow to 24 rows)
+    assert engine.stats.peak_rows <= 12 and engine.stats.peak_prompts == 3
 
 
-def test_row_forecast_starts_at_the_cap_and_follows_finished_prompts():
-    peak, mean, first = RowForecast(8, "peak"), RowForecast(8, "mean"), RowForecast(8, "first-row")
-    assert peak.rows(8) == mean.rows(8) == 4.5 and peak.rows(3) == 3 and first.rows(8) == 1
-    for forecast in (peak, mean, first):
-        for _ in range(3):
-            forecast.observe(peak_rows=2, mean_rows=1.5)
-    assert peak.rows(8) == pytest.approx((4.5 + 6) / 4)
-    assert mean.rows(8) == pytest.approx((4.5 + 4.5) / 4)
-    assert first.rows(8) == 1
-
-
-def test_unknown_admission_rule_is_refused(llm):
-    with pytest.raises(ConfigError, match="unknown admission rule 'widest'"):
-        Engine(llm.model, admission="widest")
+def test_row_forecast_starts_halfway_to_the_cap_and_follows_finished_prompts():
+    forecast = RowForecast(8)
+    assert forecast.rows(8) == 4.5 and forecast.rows(3) == 3  # (1 + 8) / 2, never above the cap
+    for _ in range(3):
+        forecast.observe(peak_rows=2)
+    assert forecast.rows(8) == pytest.approx((4.5 + 2 + 2 + 2) / 4)
 
 
 # --- KV layout: a stream per sequence (run, eval) or one unified cache (chat) ------------------------
@@ -346,13 +364,7 @@ def test_streams_by_default_unified_when_sequences_are_kept(llm, arith_prompt):
     assert engine.context.size.unified
     for seq in tree.sequences:
         engine.release(seq.llama_seq)
-    forced = Engine(llm.model, n_threads=llm.engine.n_threads, kv_layout="unified")
-    forced.generate(requests, config)
-    assert forced.context.size.unified
-    with pytest.raises(ConfigError, match="unknown KV layout"):
-        Engine(llm.model, kv_layout="paged")
     engine.reset()
-    forced.reset()
 
 
 def test_moved_and_forked_sequences_continue_exactly(llm, arith_prompt):
@@ -416,6 +428,6 @@ def test_rows_keep_one_block_of_increasing_ids(llm, monkeypatch):
     assert steps > 20
     assert holed <= len(SIX_PROMPTS)  # at most the step after each admission
 
-    monkeypatch.setattr("eager_local.engine._StepLoop._compact_ids", lambda self: None)
+    monkeypatch.setattr("eager_local.engine.loop.StepLoop._compact_ids", lambda self: None)
     holed_without_moves, _ = holed_steps(engine)
     assert holed_without_moves > 2 * len(SIX_PROMPTS)

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from eager_local.eval import store
-from eager_local.eval.grading import extract_answer, is_correct
-from eager_local.eval.metrics import aggregate, prompt_metrics
+from eager_local.eval.grading import extract_answer, is_correct, majority_answer
 from cli_helpers import assert_one_line_error as one_line_error, eager
 
 THREADS = ["--threads", os.environ["EAGER_LOCAL_THREADS"]] if os.environ.get("EAGER_LOCAL_THREADS") else []
@@ -138,11 +137,26 @@ def test_report_matches_records(full_run, tmp_path):
     assert sorted(rows) == sorted(POINTS)
     for name in POINTS:
         recs = records(full_run, name)
-        per = [prompt_metrics([s["correct"] for s in x["sequences"]], [s["answer"] for s in x["sequences"]],
-                              x["reference"], "numeric", x["#T"]) for x in recs]
-        expected = aggregate(per)
-        for key in ("p@1", "pass@k", "cons@k", "PR", "#T", "#S"):
-            assert rows[name][key] == pytest.approx(expected[key]), (name, key)
+        # every sequence graded from its text; the metrics by their definitions (eager-method.md §6)
+        grades = [[is_correct(extract_answer(s["text"], "numeric"), x["reference"], "numeric") for s in x["sequences"]]
+                  for x in recs]
+        # cons@k: the vote (answers.majority_answer, tested on its own in test_grading) must be right
+        majority = [majority_answer([extract_answer(s["text"], "numeric") for s in x["sequences"]], "numeric")
+                    for x in recs]
+
+        def mean(values):  # over the prompts
+            return sum(values) / len(recs)
+
+        expected = {
+            "p@1": mean(sum(g) / len(g) for g in grades),
+            "PR": mean(sum(g) / len(g) for g in grades),
+            "pass@k": mean(1.0 if any(g) else 0.0 for g in grades),
+            "#T": mean(x["#T"] for x in recs),
+            "#S": mean(len(x["sequences"]) for x in recs),
+            "cons@k": mean(1.0 if is_correct(m, x["reference"], "numeric") else 0.0 for m, x in zip(majority, recs)),
+        }
+        for key, value in expected.items():
+            assert rows[name][key] == pytest.approx(value), (name, key)
         assert rows[name]["prompts"] == len(TOY) and rows[name]["complete"]
         assert rows[name]["tokens_vs_parallel"] == pytest.approx(expected["#T"] / rows["parallel_M4"]["#T"])
     assert rows["eager-init_theta2.5_M4"]["#S"] <= rows["parallel_M4"]["#S"]

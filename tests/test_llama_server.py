@@ -14,10 +14,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from eager_local.llama_server import LlamaServer, ServerError, port_is_free
+# The baseline is benchmark code: it lives in scripts/, next to the scripts that use it.
+SCRIPTS = str(Path(__file__).resolve().parent.parent / "scripts")
+sys.path.insert(0, SCRIPTS)
+
+from llama_server import LlamaServer, ServerError, port_is_free  # noqa: E402
 
 SERVER = os.environ.get("EAGER_LOCAL_LLAMA_SERVER") or shutil.which("llama-server")
 needs_server = pytest.mark.skipif(
@@ -71,8 +76,9 @@ def test_sigterm_stops_the_server_too(tmp_path, default_model_path):
     """A script holding a server gets SIGTERM (as from Ctrl-C or a job runner): the server goes too."""
     pid_file = tmp_path / "pid"
     script = textwrap.dedent(f"""
-        import time
-        from eager_local.llama_server import LlamaServer
+        import sys, time
+        sys.path.insert(0, {SCRIPTS!r})
+        from llama_server import LlamaServer
         with LlamaServer({SERVER!r}, {str(default_model_path)!r}, slots=2, n_ctx=1024, threads=1,
                          extra_args={_no_repack()!r}) as s:
             open({str(pid_file)!r}, "w").write(str(s.process.pid))

@@ -169,3 +169,20 @@ def test_token_stream_completes_characters_and_marks_forks():
     stream = render.TokenStream(VOCAB, coloured.append, theta=2.4, colour=True)
     stream.token(11, 2.9)
     assert coloured == ["\x1b[38;5;196m cat\x1b[0m"]
+
+
+def test_run_output_shows_each_branch_with_the_answer_chat_and_eval_would_extract():
+    tree = make_tree()
+    tree.sequences[0].text = "17*23 is \\boxed{391}."
+    tree.sequences[1].text = "So the result is 380"
+    tree.sequences[2].text = "I do not know."
+    text = render.render_run(tree, wall=2.0)
+    heads = [line for line in text.splitlines() if line.startswith("── ")]
+    assert heads == [
+        "── branch #0 · root · 5 new tokens · stop · answer: 391",
+        "── branch #1 · forked from #0 at token 1 (H=2.90 > 2.40: kept ' cat', took ' dog') · 3 new tokens"
+        " · length · answer: 380",  # no box: the last number, as chat's /vote and eval's numeric grading read it
+        "── branch #2 · forked from #1 at token 2 (H=2.50 > 2.40: kept ' ran', took ' sat') · 2 new tokens"
+        " · cancelled",
+    ]
+    assert text.splitlines()[-1] == "3 sequences · 10 generated tokens · 5.0 tokens/s · 2.00 s"

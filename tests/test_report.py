@@ -1,6 +1,8 @@
 """`eager-local report` on hand-written run directories whose metrics are computed by hand.
 
 (The report on real runs is covered in test_eval_runner.py; here every number is known exactly.)
+The report grades every sequence again from its text, so each hand-written sequence has a text that
+says its answer (or none), and its stored grade agrees with it unless a test says otherwise.
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ PARAMS = {
 }
 
 
+def text_for(answer):
+    return "I give up." if answer is None else f"So the answer is \\boxed{{{answer}}}."
+
+
 def record(pid, reference, answers, correct, tokens, cut=False):
     return {
         "id": pid,
         "reference": reference,
         "kind": "numeric",
-        "sequences": [{"answer": a, "correct": c, "text": f"\\boxed{{{a}}}"} for a, c in zip(answers, correct)],
+        "sequences": [{"answer": a, "correct": c, "text": text_for(a)} for a, c in zip(answers, correct)],
         "#T": tokens,
         "#S": len(answers),
         "cut_by_budget": cut,
@@ -187,3 +193,37 @@ def test_torn_last_line_is_dropped_and_repaired(tmp_path):
     path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')  # damage in the middle is not a crash
     with pytest.raises(store.ResultsError, match="line 2"):
         store.read_records(path)
+
+
+def test_report_grades_from_the_text_not_the_stored_grade(tmp_path):
+    """A record written by an older grader: the report follows the texts and today's grader."""
+    stale = record("a", "4", ["4", "4", "5", None], [True, True, False, False], 200)
+    # the first sequence's stored grade is wrong for its text: "4 apples" is 4, the reference
+    stale["sequences"][0] = {"answer": "apples", "correct": False, "text": "I count \\boxed{4 apples}."}
+    # the third was marked right although its text answers 5
+    stale["sequences"][2]["correct"] = True
+    d = make_run(tmp_path / "old", {"parallel_M4": [stale, PAR_B]}, ids=["a", "b"], walls={"parallel_M4": 1.0})
+    r = eager("report", str(d), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    (group,) = json.loads(r.stdout)
+    (par,) = group["points"]
+    # by the texts: a has 4, 4, 5, none -> 2 of 4 right, majority 4 is right; b none right
+    assert (par["p@1"], par["pass@k"], par["cons@k"]) == (0.25, 0.5, 0.5)
+    assert par["regraded"] == 2 and group["regraded"] == 2
+    table = eager("report", str(d))
+    assert "2 sequence(s) graded differently than when they were generated" in table.stdout
+
+
+def test_records_missing_fields_still_report(tmp_path):
+    """Records without a kind take the run's --answer-kind; sequences without text are graded from
+    their stored answer; with neither, their stored grade counts."""
+    old = {"id": "a", "reference": "1/2", "#T": 30, "#S": 3, "cut_by_budget": False, "started": True,
+           "sequences": [{"answer": "0.5", "correct": False},  # no text: its answer is graded (1/2 = 0.5)
+                         {"correct": True},  # nothing to grade: its stored grade stands
+                         {"text": "\\boxed{\\frac{1}{3}}", "answer": "x", "correct": False}]}
+    d = make_run(tmp_path / "older", {"parallel_M4": [old]}, ids=["a"], walls={"parallel_M4": 1.0})
+    r = eager("report", str(d), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    (par,) = json.loads(r.stdout)[0]["points"]
+    # kind "auto" (the manifest's) resolves to latex for the reference 1/2; two of three right
+    assert par["p@1"] == pytest.approx(2 / 3) and par["pass@k"] == 1.0 and par["regraded"] == 1

@@ -1,8 +1,9 @@
-"""scripts/sweep_table.py's comparison of auto-θ points with the fixed-θ curve (issue 6), on hand-made rows."""
+"""scripts/sweep_table.py: auto-θ points against the fixed-θ curve (on hand-made rows), and the records it reads."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,32 @@ def test_auto_point_outside_the_fixed_range_is_not_compared(sweep_table):
     assert sweep_table.against_fixed_curve(table, {2.9: "auto S=2"}) == [
         "- eager-adapt auto S=2 (θ 2.9, 50 tokens, pass@k 0.250): outside the fixed-θ curve's token range, not compared"]
     assert sweep_table.against_fixed_curve(table, {}) == []
+
+
+def write_run(path: Path, shard: str, records: list[dict]) -> Path:
+    """A minimal run directory: a manifest and one parallel point."""
+    path.mkdir()
+    params = {"dataset": "toy", "selection": {"shard": shard}, "fields": {"kind": "numeric"}, "budget": None,
+              "prompt_template": "{problem}", "generation": {"temperature": 0.6, "max_new_tokens": 8, "seed": 55}}
+    manifest = {"format": 1, "params": params, "model": {"path": "/m/toy.gguf", "name": "toy"},
+                "problems": [r["id"] for r in records]}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    (path / "parallel_M2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (path / "parallel_M2.stats.json").write_text(json.dumps({"wall_time": 1.0, "complete": True}))
+    return path
+
+
+def test_rows_read_every_merged_shard_graded_from_the_text(sweep_table, tmp_path):
+    from eager_local.eval.report import build_report
+
+    def rec(pid, texts, stored):
+        return {"id": pid, "reference": "7", "kind": "numeric", "#T": 10, "#S": len(texts),
+                "sequences": [{"text": t, "correct": c, "answer": None} for t, c in zip(texts, stored)]}
+
+    # a: "\boxed{7}" is right although stored as wrong; b: "\boxed{8}" is wrong although stored as right
+    d0 = write_run(tmp_path / "s0", "0/2", [rec("a", ["\\boxed{7}", "\\boxed{1}"], [False, False])])
+    d1 = write_run(tmp_path / "s1", "1/2", [rec("b", ["\\boxed{8}", "none"], [True, False])])
+    (row,) = sweep_table.rows(build_report([str(d0), str(d1)]))
+    assert sorted(row["records"]) == ["a", "b"]
+    assert sweep_table.solved(row["records"], ["a", "b"]) == [1.0, 0.0]
+    assert row["pass@k"] == 0.5 and row["distinct"] == 1.0

@@ -1,4 +1,4 @@
-"""--theta auto / qNN.N / -S on `run` and `eval` (issue 6): real processes on the default model.
+"""--theta auto / qNN.N / -S on `run` and `eval`: real processes on the default model.
 
 Each test has its own EAGER_LOCAL_HOME, so calibration really runs (tiny settings: 24 new tokens,
 M = 4) and its profile is written, found again, and redone when stale.

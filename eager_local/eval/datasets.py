@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..errors import EagerError
 from .grading import resolve_kind
 
 __all__ = [
@@ -37,7 +38,7 @@ ARITH_NAME = "arith"
 ANSWER_KINDS = ("numeric", "latex", "auto")
 
 
-class DatasetError(ValueError):
+class DatasetError(EagerError):
     """A dataset cannot be found or read. The message is one line, fit to show a user as is."""
 
 
@@ -299,13 +300,13 @@ def arith_problems(n: int = 200, seed: int = 0, levels: Sequence[int] = (1, 2, 3
     problems: all randomness comes from random.Random(seed).
     """
     if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
+        raise DatasetError(f"n must be non-negative, got {n}")
     levels = tuple(levels)
     if not levels:
-        raise ValueError("levels must not be empty")
+        raise DatasetError("levels must not be empty")
     unknown = [level for level in levels if level not in ARITH_LEVELS]
     if unknown:
-        raise ValueError(f"unknown arithmetic level(s) {unknown} (known: {sorted(ARITH_LEVELS)})")
+        raise DatasetError(f"unknown arithmetic level(s) {unknown} (known: {sorted(ARITH_LEVELS)})")
     rng = random.Random(seed)
     problems = []
     for index in range(n):

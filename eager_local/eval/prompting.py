@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ConfigError
+
 PLACEHOLDER = "{problem}"
 DEFAULT_TEMPLATE = (
     "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -23,9 +25,9 @@ def load_template(value: str | None) -> str:
         try:
             value = path.read_text(encoding="utf-8")
         except OSError as e:
-            raise ValueError(f"cannot read prompt template {path}: {e.strerror or e}") from None
+            raise ConfigError(f"cannot read prompt template {path}: {e.strerror or e}") from None
     if PLACEHOLDER not in value:
-        raise ValueError("prompt template must contain {problem} (where the problem text goes)")
+        raise ConfigError("prompt template must contain {problem} (where the problem text goes)")
     return value
 
 

@@ -1,5 +1,7 @@
 """Read run directories and summarise them in the paper's terms (eager-method.md §6).
 
+Every record is graded again here, from its sequences' texts and its reference answer, with
+today's grader (records.regrade): the numbers follow the current grader, not the one the run had.
 Run directories whose parameters are equal except for `--shard` are merged (the shards of one
 evaluation); a prompt id that appears in two of them is counted once. Other directories are
 reported as separate groups. Pure Python: no llama.cpp, matplotlib only for --plot.
@@ -14,8 +16,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import EagerError
 from . import store
 from .metrics import aggregate, prompt_metrics
+from .records import regrade
 from .store import PARALLEL, Point
 
 METHOD_ORDER = {m: i for i, m in enumerate(store.EVAL_METHODS)}
@@ -45,8 +49,10 @@ class Group:
     manifests: list[dict]
     expected: list[str] = field(default_factory=list)  # problem ids over all shards, deduplicated
     rows: list[dict] = field(default_factory=list)
+    records: dict[str, dict[str, dict]] = field(default_factory=dict)  # point name -> id -> graded record
     duplicates: int = 0
     budget: dict = field(default_factory=dict)
+    regraded: int = 0  # sequences whose grade today differs from the one stored in their record
 
     @property
     def params(self) -> dict:
@@ -116,6 +122,7 @@ def _fill(group: Group) -> None:
     points = sorted({p for d in group.dirs for p in _points_in(d)},
                     key=lambda p: (p.max_sequences, p.theta or 0.0, METHOD_ORDER[p.method]))
     spent = 0
+    kind = group.params.get("fields", {}).get("kind") or "auto"
     for point in points:
         records: dict[str, dict] = {}
         wall = 0.0
@@ -126,7 +133,7 @@ def _fill(group: Group) -> None:
                 if record["id"] in records:
                     group.duplicates += 1
                     continue
-                records[record["id"]] = record
+                records[record["id"]] = regrade(record, kind)
             stats = store.read_json(d / point.stats_file) or {}
             wall += stats.get("total_wall_time", stats.get("wall_time")) or 0.0
             if stats.get("peak_rss_mb"):
@@ -136,6 +143,7 @@ def _fill(group: Group) -> None:
                 spent += sum(r["#T"] for r in store.read_records(d / point.records_file))
             else:
                 spent += sum(r["#T"] for r in store.read_records(d / point.extra_file))
+        group.records[point.name] = records
         per_prompt = [_prompt_metrics(r) for r in records.values()]
         summary = aggregate(per_prompt)
         row = {
@@ -157,6 +165,7 @@ def _fill(group: Group) -> None:
             "peak_mb": max(peaks) if peaks else None,
             "cut": sum(1 for r in records.values() if r.get("cut_by_budget")),
             "not_started": sum(1 for r in records.values() if not r.get("started", True)),
+            "regraded": sum(r["regraded"] for r in records.values()),
         }
         group.rows.append(row)
     for row in group.rows:
@@ -170,12 +179,15 @@ def _fill(group: Group) -> None:
         "spent": spent,
         "cut_prompts": sum(r["cut"] for r in group.rows),
     }
+    group.regraded = sum(r["regraded"] for r in group.rows)
 
 
 def _prompt_metrics(record: dict) -> dict:
+    """The metrics of a graded record (see regrade)."""
     seqs = record["sequences"]
     return prompt_metrics(
-        [s["correct"] for s in seqs], [s["answer"] for s in seqs], record["reference"], record["kind"], record["#T"]
+        [bool(s.get("correct")) for s in seqs], [s.get("answer") for s in seqs], record["reference"], record["kind"],
+        record["#T"]
     )
 
 
@@ -210,6 +222,9 @@ def _notes(group: Group) -> list[str]:
         notes.append("* incomplete point (rerun the eval command to finish it)")
     if group.duplicates:
         notes.append(f"{group.duplicates} duplicate prompt record(s) across merged dirs counted once")
+    if group.regraded:
+        notes.append(f"{group.regraded} sequence(s) graded differently than when they were generated "
+                     "(the report grades with today's grader)")
     notes += calibration_notes(group)
     return notes
 
@@ -274,6 +289,7 @@ def render_json(groups: list[Group]) -> str:
             "params": g.params,
             "budget": g.budget,
             "duplicates": g.duplicates,
+            "regraded": g.regraded,
             "theta_calibration": g.calibration,
             "points": g.rows,
         }
@@ -322,7 +338,7 @@ def plot(groups: list[Group], path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("--plot needs matplotlib: pip install 'eager-local[plot]'") from None
+        raise EagerError("--plot needs matplotlib: pip install 'eager-local[plot]'") from None
     markers = {"parallel": "s", "eager-init": "o", "eager-adapt": "^", "eager": "D"}
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     group_labels = _group_labels(groups)

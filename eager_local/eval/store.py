@@ -19,13 +19,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import EagerError
+from ..io import write_text_atomic
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 PARALLEL, INIT, ADAPT, FULL = "parallel", "eager-init", "eager-adapt", "eager"
 EVAL_METHODS = (PARALLEL, INIT, ADAPT, FULL)
 
 
-class ResultsError(ValueError):
+class ResultsError(EagerError):
     """A run directory or results file that cannot be used; the message is one line."""
 
 
@@ -120,7 +123,7 @@ class RecordWriter:
         self._file = open(path, "a", encoding="utf-8")
 
     def append(self, record: dict) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        self._file.write(_line(record))
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -134,25 +137,13 @@ class RecordWriter:
         self.close()
 
 
-def write_json_atomic(path: Path, doc: object, *, sync: bool = True) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=False, indent=1, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        if sync:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_records_atomic(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """A whole results file at once (a reallocation point's merged records), replacing any old one."""
+    write_text_atomic(path, "".join(_line(record) for record in records))
+
+
+def _line(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def read_json(path: Path) -> dict | None:

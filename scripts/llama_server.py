@@ -3,6 +3,9 @@
 It starts the user's binary on 127.0.0.1 with M parallel slots and a unified KV cache, waits for
 /health, sends each prompt's M requests concurrently, and always stops the process: on normal exit,
 on error and on Ctrl-C (it is a context manager; SIGTERM is turned into the same clean exit).
+
+Benchmark code, not part of the package: `compare_server.py` and `check_same_distribution.py` import
+it from this folder, tests/test_llama_server.py checks its lifecycle.
 """
 
 from __future__ import annotations

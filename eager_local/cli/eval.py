@@ -1,40 +1,46 @@
-"""`eager-local eval` and `eager-local report`: thin click wrappers over runner.py and report.py."""
+"""`eager-local eval` and `eager-local report`: thin click wrappers over eval/runner.py and eval/report.py.
+
+eval takes `run`'s generation options, except that --theta, -M and -S take comma lists: each value
+(each pair) is one point of the sweep, with its own results file.
+"""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import click
 
-from ..cli import (check_target_sequences, config_options, generation_options, load_runner, resolve_theta_option,
-                   user_errors)
-from . import store
+from ..config import default, parse_theta_spec
+from ..errors import ConfigError
+from .options import (check_session_options, check_target_sequences, cli_settings, config_from_options,
+                      generation_options, load_runner, resolve_theta_option, user_errors)
 
-ALL_METHODS = ",".join(store.EVAL_METHODS)
+# The three options whose eval form is a comma list (a sweep); every other one is run's.
+SWEEP_OPTIONS = {
+    "theta": click.Option(["--theta", "theta"], default=f"{default('theta'):g}", show_default=True,
+                          help="Branch when top-K entropy (nats) exceeds this; a comma list sweeps (1.8,2.0,2.4); "
+                               "'auto' calibrates θ per --target-sequences, 'q99.5' takes an entropy quantile."),
+    "target_sequences": click.Option(["--target-sequences", "-S", "target_sequences"], default=None,
+                                     help="With --theta auto: mean sequences per prompt to aim for; a comma "
+                                          "list gives one θ each (default: M/2)."),
+    "max_sequences": click.Option(["--max-sequences", "-M", "max_sequences"], default=str(default("max_sequences")),
+                                  show_default=True,
+                                  help="Cap on sequences per prompt (parallel draws exactly M); a comma list sweeps (4,8)."),
+}
 
 
-def eval_generation_options(func):
-    """`run`'s generation options, except that --theta and -M take comma lists (sweeps)."""
-    func = generation_options(func)
-    sweeps = {
-        "theta": click.Option(["--theta"], default="2.4", show_default=True,
-                              help="Branch when top-K entropy (nats) exceeds this; a comma list sweeps (1.8,2.0,2.4); "
-                                   "'auto' calibrates θ per --target-sequences, 'q99.5' takes an entropy quantile."),
-        "target_sequences": click.Option(["--target-sequences", "-S", "target_sequences"], default=None,
-                                         help="With --theta auto: mean sequences per prompt to aim for; a comma "
-                                              "list gives one θ each (default: M/2)."),
-        "max_sequences": click.Option(["--max-sequences", "-M"], default="8", show_default=True,
-                                      help="Cap on sequences per prompt (parallel draws exactly M); a comma list sweeps (4,8)."),
-    }
-    func.__click_params__ = [sweeps.get(p.name, p) for p in func.__click_params__]
-    return func
+def _eval_methods() -> str:
+    from ..eval.store import EVAL_METHODS
+
+    return ",".join(EVAL_METHODS)
 
 
 @click.command("eval")
 @click.option("--dataset", "-d", required=True,
               help="gsm8k, math500, aime2024, aime2025, arith[:N[:SEED[:LEVELS]]], or a .jsonl file.")
-@click.option("--method", "methods", default=ALL_METHODS, show_default=True,
+@click.option("--method", "methods", default=_eval_methods(), show_default=True,
               help="Comma list of parallel, eager-init, eager-adapt, eager.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Run directory (runs/NAME).")
 @click.option("--limit", type=int, default=None, help="At most this many problems (after --offset).")
@@ -50,20 +56,19 @@ def eval_generation_options(func):
 @click.option("--prompt-template", default=None,
               help="Text around the problem, with {problem}; or @FILE. Default: reason step by step, answer in \\boxed{}.")
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bar on stderr.")
-@eval_generation_options
+@generation_options(overrides=SWEEP_OPTIONS)
 @user_errors
 def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, problem_field, answer_field, id_field,
                  answer_kind, prompt_template, progress, **opts):
     """Evaluate methods on a dataset; results are written as they arrive and a rerun resumes."""
     from .. import models
-    from ..engine import GenerationConfig
-    from ..llama import MAX_SEQUENCES
-    from ..sampling import SamplingParams
-    from .datasets import load_dataset, parse_shard, select
-    from .plan import PER_PROMPT_CAP
-    from .prompting import load_template
-    from .runner import (DEFAULT_CHECK_THETA, EvalSpec, Evaluation, dedupe, open_run_dir, parse_list,
-                         parse_methods, parse_theta_specs, session_info)
+    from ..config import MAX_SEQUENCES
+    from ..eval.datasets import load_dataset, parse_shard, select
+    from ..eval.plan import PER_PROMPT_CAP
+    from ..eval.prompting import load_template
+    from ..eval.runner import Evaluation
+    from ..eval.session import open_run_dir, session_info
+    from ..eval.spec import EvalSpec
 
     method_list = parse_methods(methods)
     theta_specs = parse_theta_specs(opts["theta"])
@@ -72,28 +77,23 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
     fixed = [t for t in theta_specs if isinstance(t, float)]
     calibrated = [t for t in theta_specs if not isinstance(t, float)]
     if calibrated and len(ms) > 1:
-        raise ValueError("--theta auto/qNN.N needs a single -M (the calibrated θ depends on it)")
+        raise ConfigError("--theta auto/qNN.N needs a single -M (the calibrated θ depends on it)")
     if targets is not None:
         check_target_sequences(targets, auto="auto" in calibrated)
-    generation = config_options(opts)
-    generation.pop("theta")
-    generation.pop("max_sequences")
-    sampling = SamplingParams(**{k: generation[k] for k in ("temperature", "top_k", "top_p", "min_p")})
-    rest = {k: v for k, v in generation.items() if k not in ("temperature", "top_k", "top_p", "min_p")}
-    for theta in fixed or [DEFAULT_CHECK_THETA]:
+    # Every point of the sweep is checked before anything loads (a calibrated θ is checked as config's default).
+    for theta in fixed or [default("theta")]:
         for m in ms:
-            GenerationConfig(method="eager-init", theta=theta, max_sequences=m, sampling=sampling, **rest).validate()
+            config = config_from_options(opts, method="eager-init", theta=theta, max_sequences=m)
             if "eager-adapt" in method_list and PER_PROMPT_CAP["eager-adapt"] * m > MAX_SEQUENCES:
-                raise ValueError(f"eager-adapt gives a prompt up to 3M sequences: M={m} exceeds "
-                                 f"{MAX_SEQUENCES // 3} (llama.cpp's limit is {MAX_SEQUENCES} sequences)")
-    if opts["threads"] is not None and opts["threads"] < 1:
-        raise ValueError(f"threads must be >= 1, got {opts['threads']}")
-    if opts["budget"] is not None and opts["budget"] < 0:
-        raise ValueError(f"budget must be >= 0 tokens, got {opts['budget']}")
+                raise ConfigError(f"eager-adapt gives a prompt up to 3M sequences: M={m} exceeds "
+                                  f"{MAX_SEQUENCES // 3} (llama.cpp's limit is {MAX_SEQUENCES} sequences)")
+    # The options every point shares, as the manifest records them (a rerun must match them).
+    generation = cli_settings(config, exclude=("method", "theta", "max_sequences"))
+    check_session_options(opts)
     if shard is not None:
         parse_shard(shard)
     template = load_template(prompt_template)
-    id_list = _read_ids(ids) if ids is not None else None
+    id_list = read_ids(ids) if ids is not None else None
 
     everything = load_dataset(dataset, problem_field=problem_field, answer_field=answer_field,
                               id_field=id_field, kind=answer_kind)
@@ -101,7 +101,7 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
     problems = select(everything, limit=limit, offset=offset, ids=id_list, shuffle=shuffle,
                       seed=opts["seed"], shard=shard)
     if not problems:
-        raise ValueError("no problems selected (check --limit, --offset, --ids and --shard)")
+        raise ConfigError("no problems selected (check --limit, --offset, --ids and --shard)")
 
     resolved = models.resolve(opts["model"])
     sha = models.model_sha256(resolved.path, resolved.sha256)
@@ -143,7 +143,7 @@ def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, da
     profile (recalibrated after a change) gets another θ, and the manifest check refuses to mix them.
     """
     from ..calibration import EVAL_CHECK_RUNS, calibration_prompts
-    from .datasets import is_builtin
+    from ..eval.datasets import is_builtin
 
     builtin = is_builtin(dataset)
     # An eval is long and its #S is what it measures: calibrating (when no profile exists yet) on
@@ -165,18 +165,76 @@ def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, da
     return thetas, infos
 
 
-def _read_ids(text: str) -> list[str]:
+# --- the comma lists -------------------------------------------------------------------------------
+def dedupe(values) -> list:
+    """The values in order, each once."""
+    seen, out = set(), []
+    for v in values:
+        if v not in seen:
+            seen.add(v)
+            out.append(v)
+    return out
+
+
+def parse_methods(text: str) -> list[str]:
+    """--method's comma list, checked against the evaluation methods."""
+    from ..eval.store import EVAL_METHODS
+
+    methods = dedupe(x.strip() for x in text.split(",") if x.strip())
+    if not methods:
+        raise ConfigError("no method given (choose from " + ", ".join(EVAL_METHODS) + ")")
+    for m in methods:
+        if m not in EVAL_METHODS:
+            raise ConfigError(f"unknown method {m!r}; choose from {', '.join(EVAL_METHODS)}")
+    return methods
+
+
+def parse_list(text: str, kind: type, name: str) -> list:
+    """A comma list of ints or floats (-M 4,8), each once, in order."""
+    values = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = kind(part)
+        except ValueError:
+            raise ConfigError(f"{name}: {part!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if kind is float and not math.isfinite(value):
+            raise ConfigError(f"{name}: {part!r} is not a finite number")
+        values.append(value)
+    if not values:
+        raise ConfigError(f"{name}: no value given")
+    return dedupe(values)
+
+
+def parse_theta_specs(text: str) -> list:
+    """--theta's comma list: numbers as floats; 'auto' and 'qNN.N' kept as strings (resolved later)."""
+    specs = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        kind, value = parse_theta_spec(part)
+        specs.append(value if kind == "number" else part.lower())
+    if not specs:
+        raise ConfigError("theta: no value given")
+    return dedupe(specs)
+
+
+def read_ids(text: str) -> list[str]:
+    """--ids: a comma list, or @FILE with one id per line."""
     if text.startswith("@"):
         path = Path(text[1:]).expanduser()
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise ValueError(f"cannot read ids file {path}: {e.strerror or e}") from None
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+            raise ConfigError(f"cannot read ids file {path}: {e.strerror or e}") from None
         ids = [line.strip() for line in lines if line.strip()]
     else:
         ids = [x.strip() for x in text.split(",") if x.strip()]
     if not ids:
-        raise ValueError("--ids: no id given")
+        raise ConfigError("--ids: no id given")
     return ids
 
 
@@ -189,7 +247,7 @@ def _read_ids(text: str) -> list[str]:
 @user_errors
 def report_command(run_dirs, fmt, plot_path):
     """Summarise run directories (shards of one run are merged): p@1, pass@k, cons@k, PR, #T, #S, time, memory."""
-    from .report import RENDERERS, build_report, plot
+    from ..eval.report import RENDERERS, build_report, plot
 
     groups = build_report(list(run_dirs))
     click.echo(RENDERERS[fmt](groups), nl=False)

@@ -1,4 +1,9 @@
-"""`eager-local calibrate`: record the model's entropies on a task and pick θ for target #S."""
+"""`eager-local calibrate`: record the model's entropies on a task and pick θ for target #S.
+
+The generation options it takes are the shared ones (options.py) that a profile depends on: the
+config fields marked `entropy=True` (they form the profile's key), plus the cap M, the branch
+window and the seed its check runs with. An entropy option added to config.py appears here too.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,27 @@ import math
 
 import click
 
-from .cli import user_errors
+from ..config import check_max_sequences, option_fields
+from ..errors import ConfigError
+from .options import check_session_options, config_from_options, load_runner, option_list, user_errors
+
+# What a calibration decodes with besides the entropy options, and the session's options.
+_ALSO_SHARED = ("max_sequences", "branch_window", "seed", "model", "target_sequences", "threads", "n_gpu_layers",
+                "chat", "system")
+_TARGET_OPTION = click.Option(["--target-sequences", "-S", "target_sequences"], type=int, default=None,
+                              help="Target mean #S checked with a real run (default: M/2, at least 2).")
+
+
+def calibration_options(func):
+    """Decorator: the shared options calibrate takes (see the module docstring), as run/chat/eval spell them."""
+    wanted = {f.name for f in option_fields() if f.metadata["entropy"]} | set(_ALSO_SHARED)
+    params = [p for p in option_list({"target_sequences": _TARGET_OPTION}) if p.name in wanted]
+    # click lists decorator-added params bottom-up: the first shown goes last.
+    func.__click_params__ = getattr(func, "__click_params__", []) + list(reversed(params))
+    return func
 
 
 @click.command("calibrate")
-@click.option("--model", "-m", "model", default=None, help="Registry name, .gguf path or http(s) URL (default: smollm2-135m).")
 @click.option("--dataset", "-d", default=None,
               help="Calibrate on this dataset (gsm8k, math500, aime2024, aime2025, arith[:N[:SEED[:LEVELS]]], a .jsonl); "
                    "`eval -d` on the same family uses the profile.")
@@ -23,27 +44,10 @@ from .cli import user_errors
 @click.option("--prompts", "prompts_file", default=None,
               help="File of prompts (one per line, or JSONL with \"prompt\"): the profile `run`/`chat` use.")
 @click.option("--samples", type=int, default=2, show_default=True, help="Sampled sequences recorded per prompt.")
-@click.option("--max-sequences", "-M", type=int, default=8, show_default=True, help="Cap M the targets are computed for.")
-@click.option("--target-sequences", "-S", type=int, default=None,
-              help="Target mean #S checked with a real run (default: M/2, at least 2).")
 @click.option("--no-check", is_flag=True, help="Skip the real run that checks the θ of the target.")
 @click.option("--check-seeds", type=int, default=None,
               help="Run each prompt this many times (seeds) in the check (default: 1; with --dataset, as eval "
                    "does: enough to average 256 runs, at most 4; --reuse keeps the profile's).")
-@click.option("--temperature", "-t", type=float, default=0.6, show_default=True)
-@click.option("--top-k", type=int, default=0, help="Sampling top-k (0 = off).")
-@click.option("--top-p", type=float, default=1.0, help="Sampling top-p (1 = off).")
-@click.option("--min-p", type=float, default=0.0, help="Sampling min-p (0 = off).")
-@click.option("--top-k-entropy", type=int, default=20, show_default=True, help="K of the top-K entropy.")
-@click.option("--tempered-entropy", is_flag=True, help="Ablation: entropy of the tempered distribution.")
-@click.option("--max-new-tokens", "-n", type=int, default=512, show_default=True,
-              help="Per sequence; must match the runs the profile is for.")
-@click.option("--branch-window", type=int, default=1000, show_default=True)
-@click.option("--seed", type=int, default=55, show_default=True)
-@click.option("--threads", type=int, default=None, help="CPU threads (default: physical cores).")
-@click.option("--n-gpu-layers", type=int, default=0, help="Layers to offload (Metal/CUDA builds).")
-@click.option("--chat/--raw", default=True, help="Apply the GGUF's chat template (default) or not.")
-@click.option("--system", default=None, help="System message (with --chat).")
 @click.option("--prompt-template", default=None,
               help="Text around each problem, with {problem}, or @FILE. Default: eval's template with "
                    "--dataset, the prompt as is otherwise.")
@@ -51,16 +55,13 @@ from .cli import user_errors
               help="Use the saved profile for these exact settings if there is one (check the target if it "
                    "was not checked yet) instead of recording again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile entry (without traces) as JSON.")
+@calibration_options
 @user_errors
-def calibrate_command(model, dataset, limit, offset, prompts_file, samples, max_sequences, target_sequences,
-                      no_check, check_seeds, temperature, top_k, top_p, min_p, top_k_entropy, tempered_entropy,
-                      max_new_tokens, branch_window, seed, threads, n_gpu_layers, chat, system, prompt_template, reuse,
-                      as_json):
+def calibrate_command(dataset, limit, offset, prompts_file, samples, no_check, check_seeds, prompt_template, reuse,
+                      as_json, **opts):
     """Decode a few prompts, record top-K entropies, and write θ for target #S to the model's profile."""
-    from . import calibration as C
-    from .engine import ConfigError, GenerationConfig
-    from .llama import MAX_SEQUENCES
-    from .sampling import SamplingParams
+    from .. import calibration as C
+    from ..eval.prompting import DEFAULT_TEMPLATE, load_template
 
     if dataset and prompts_file:
         raise ConfigError("give --dataset or --prompts, not both")
@@ -68,65 +69,48 @@ def calibrate_command(model, dataset, limit, offset, prompts_file, samples, max_
         raise ConfigError(f"limit must be >= 1, got {limit}")
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples}")
-    if limit is None:
-        # a --dataset profile is the one `eval --theta auto` looks up: calibrate as eval would
-        limit = C.calibration_prompts(max_new_tokens, samples, for_eval=bool(dataset))
     if check_seeds is not None and check_seeds < 1:
         raise ConfigError(f"check-seeds must be >= 1, got {check_seeds}")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be >= 1, got {threads}")
-    if not 2 <= max_sequences <= MAX_SEQUENCES:
-        raise ConfigError(f"max-sequences must be between 2 and {MAX_SEQUENCES}, got {max_sequences}")
-    target = target_sequences if target_sequences is not None else max(2, max_sequences // 2)
+    check_session_options(opts)
+    config = config_from_options(opts)
+    check_max_sequences(config.max_sequences, at_least=2)
+    max_sequences = config.max_sequences
+    target = opts["target_sequences"] if opts["target_sequences"] is not None else max(2, max_sequences // 2)
     if not 2 <= target <= max_sequences:
         raise ConfigError(f"target-sequences must be between 2 and max-sequences ({max_sequences}), got {target}")
-    GenerationConfig(theta=1.0, max_sequences=max_sequences, max_new_tokens=max_new_tokens,
-                     sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p),
-                     top_k_entropy=top_k_entropy, branch_window=branch_window).validate()
+    if limit is None:
+        # a --dataset profile is the one `eval --theta auto` looks up: calibrate as eval would
+        limit = C.calibration_prompts(config.max_new_tokens, samples, for_eval=bool(dataset))
 
     if prompts_file:
         prompts = C.read_prompts_file(prompts_file)
-        task, source = C.DEFAULT_TASK, {"prompts_file": str(prompts_file)}
-        default_template = C.RAW_TEMPLATE
+        task, source, default_template = C.DEFAULT_TASK, {"prompts_file": str(prompts_file)}, C.RAW_TEMPLATE
     elif dataset:
         prompts = C.dataset_problems(dataset, limit=limit, offset=offset)
         task, source = C.task_of_dataset(dataset), {"dataset": dataset, "limit": limit, "offset": offset}
-        from .eval.prompting import DEFAULT_TEMPLATE
-
         default_template = DEFAULT_TEMPLATE
     else:
         prompts = C.dataset_problems(None, limit=limit, offset=offset)
         task, source = C.DEFAULT_TASK, {"dataset": "gsm8k", "limit": limit, "offset": offset}
         default_template = C.RAW_TEMPLATE
-    if prompt_template is not None:
-        from .eval.prompting import load_template
+    template = load_template(prompt_template) if prompt_template is not None else default_template
 
-        template = load_template(prompt_template)
-    else:
-        template = default_template
-
-    from .api import EagerLocal
-
-    llm = EagerLocal(model, threads=threads, n_gpu_layers=n_gpu_layers)
-    settings = C.Settings(temperature=temperature, top_k_entropy=top_k_entropy, max_new_tokens=max_new_tokens,
-                          tempered_entropy=tempered_entropy, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
-    fmt = C.PromptFormat(chat=chat, system=system, template=template)
+    llm = load_runner(opts)
+    fmt = C.PromptFormat(chat=opts["chat"], system=opts["system"], template=template)
     log = (lambda m: click.echo(m, err=True))
-    entry = C.load_entry(C.make_key(llm, settings, fmt, task)) if reuse else None
+    entry = C.load_entry(C.make_key(llm, config, fmt, task)) if reuse else None
     if entry is None:
         if check_seeds is None:
             check_seeds = C.check_seed_count(len(prompts), C.EVAL_CHECK_RUNS if dataset else None)
-        entry, path = C.calibrate(llm, prompts, settings=settings, fmt=fmt, task=task, source=source,
-                                  samples=samples, check_target=None if no_check else target, check_seeds=check_seeds,
-                                  max_sequences=max_sequences, branch_window=branch_window, log=log)
+        entry, path = C.calibrate(llm, prompts, config=config, fmt=fmt, task=task, source=source, samples=samples,
+                                  check_target=None if no_check else target, check_seeds=check_seeds, log=log)
     else:
         log(f"reusing the profile recorded {entry.created} on {entry.source}")
-        if not no_check and entry.find_check(target, max_sequences, branch_window) is None:
-            tokens = [llm.prompt_tokens(fmt.render(p), chat=fmt.chat, system=fmt.system) for p in prompts]
-            C.run_check(entry, llm, tokens, settings, target, max_sequences, branch_window, log=log)
+        if not no_check and entry.find_check(target, max_sequences, config.branch_window) is None:
+            C.run_check(entry, llm, fmt.tokens(llm, prompts), config, target, log=log)
         path = C.save_entry(entry)
-    table = entry.target_table(max_sequences, branch_window)
-    check = entry.find_check(target, max_sequences, branch_window)
+    table = entry.target_table(max_sequences, config.branch_window)
+    check = entry.find_check(target, max_sequences, config.branch_window)
     if as_json:
         doc = entry.to_dict()
         doc.pop("traces")
@@ -145,7 +129,7 @@ def precision_line(check: dict) -> str:
     few dozen prompts is loose; on other prompts of the task expect the target within about two
     of these errors.
     """
-    from .calibration import closest_run
+    from ..calibration import closest_run
 
     run = closest_run(check["runs"], check["target"])
     prompts = len(run.get("per_prompt", [])) or 1
@@ -163,12 +147,13 @@ def precision_line(check: dict) -> str:
 
 def render_profile(entry, table, check, max_sequences, path) -> str:
     key = entry.key
+    k = key.setting("top_k_entropy")
     n_traces = sum(len(p) for p in entry.traces)
     lines = [
-        f"model {key.model_sha256[:16]}  task {key.task}  format {key.prompt_format}  K={key.top_k_entropy}  "
-        f"T={key.temperature:g}  max-new-tokens={key.max_new_tokens}",
+        f"model {key.model_sha256[:16]}  task {key.task}  format {key.prompt_format}  K={k}  "
+        f"T={key.setting('temperature'):g}  max-new-tokens={key.setting('max_new_tokens')}",
         f"recorded {n_traces} traces on {len(entry.traces)} prompts, {len(entry.entropies())} entropies "
-        f"(ln K = {math.log(key.top_k_entropy):.3f})",
+        f"(ln K = {math.log(k):.3f})",
         "",
         "entropy quantiles (nats)",
     ]

@@ -1,0 +1,428 @@
+"""The step loop: every live sequence of every active prompt advances one token per llama_decode.
+
+This is llama.cpp's `parallel` example with branching added. One call's state lives in a
+`StepLoop`, and each step runs the same four stages:
+
+    admit    while there is room, take the next waiting prompt and prefill it into a free sequence;
+             its logits give the prompt's first row its first token. `parallel` forks that sequence
+             M - 1 more times (the prompt's KV cells are copied, nothing is recomputed); EAGer
+             starts with the one row.
+    decode   one batch holding each live row's newest token: one llama_decode, one logits row per
+             live row (`_decode_step`).
+    advance  per row, all rows at once in numpy: the top-K entropy (entropy.py), the branch rule,
+             cap and budget (branching.py), a sampled token (sampling.py). A branching row keeps its
+             top-1 token and a new row, forked from it, takes the top-2 (`_advance`, `_fork`).
+             Rows that stop (end of generation, length, budget, full KV) finish, and a prompt whose
+             rows have all finished yields its tree.
+    repeat   until no row is live and no prompt waits.
+
+A row is a live sequence: its entry in the prompt's tree, its llama sequence id and its own random
+stream (so a sequence samples the same tokens whichever rows share its batch). Sequence ids are
+recycled from a min-heap: a new row takes the lowest free id, and rows are moved down into the holes
+finished rows leave, so the ids decoded together stay one contiguous block (with a stream per
+sequence llama.cpp runs one micro-batch per run of consecutive ids).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from .. import branching as branching_rule
+from .. import tree as T
+from ..budget import TokenBudget
+from ..config import GenerationConfig
+from ..entropy import top_k_entropy, top_two_tokens
+from ..llama import Context, KVCacheFull, Model
+from ..sampling import sample_rows, sequence_rng
+from .request import Request, TokenCallback
+from .sizing import RowForecast
+from .state import PromptRun, Row, StepStats, tree_settings
+
+
+class StepLoop:
+    """One call's worth of generation state over a context the Engine sized for it.
+
+    kept_ids: the sequence ids the engine keeps alive for its caller; this call never hands them
+    out, and with keep=True its finished sequences join them instead of being dropped.
+    """
+
+    def __init__(self, ctx: Context, model: Model, requests: list[Request], config: GenerationConfig,
+                 budget: TokenBudget, *, on_token: TokenCallback | None, keep: bool, concurrent: int,
+                 kept_ids: set[int], stats: StepStats, max_batch_rows: int):
+        self.ctx = ctx
+        self.model = model
+        self.config = config
+        self.budget = budget
+        self.on_token = on_token
+        self.keep = keep
+        self.kept_ids = kept_ids
+        self.stats = stats
+        self.max_batch_rows = max_batch_rows
+        self.concurrent = concurrent
+        self.pending = list(requests)
+        self.pending.reverse()  # pop() from the end = request order
+        self.runs: list[PromptRun] = []
+        self.rows: list[Row] = []
+        self.parallel = config.method == "parallel"
+        self.think_token = model.single_token(config.end_of_thinking) if config.end_of_thinking else None
+        # A min-heap: sequences take the lowest free ids, so the ids decoded together stay a
+        # contiguous block (llama.cpp runs one micro-batch per run of consecutive ids).
+        self.free_ids = [i for i in range(ctx.size.n_seq_max) if i not in kept_ids]
+        for llama_id in self.free_ids:  # whatever an earlier, failed call left behind
+            ctx.drop(llama_id)
+        self.context_limit = model.n_ctx_train
+        self.forecast = RowForecast(max((r.max_sequences or config.max_sequences) for r in requests))
+
+    # main loop ----------------------------------------------------------------------------------
+    def run(self) -> Iterator[T.Tree]:
+        yield from self._admit()
+        while self.rows:
+            self.stats.record(len(self.rows), len(self.runs))
+            logits = self._decode_step()
+            yield from self._advance(logits)
+            yield from self._admit()
+        # Budget ran out before these prompts got a turn: report them, empty.
+        while self.pending:
+            yield self._empty_tree(self.pending.pop())
+
+    # admit --------------------------------------------------------------------------------------
+    def _admit(self) -> Iterator[T.Tree]:
+        """Start waiting prompts while there is room: prefill, then 1 (eager) or M (parallel) rows.
+
+        Room means: fewer than `concurrent` prompts active, M free sequence ids beyond those the
+        active prompts reserved, and the rows they hold or are expected to hold under the batch
+        limit (the first prompt is always let in).
+        """
+        while self.pending and len(self.runs) < self.concurrent and not self.budget.exhausted:
+            request = self.pending.pop()
+            cap = request.max_sequences or self.config.max_sequences
+            batch_full = self.runs and self._reserved_rows() + self._expected_rows(cap) > self.max_batch_rows
+            if len(self.free_ids) - self._reserved_ids() < cap or batch_full:
+                self.pending.append(request)
+                break
+            run = PromptRun(
+                request=request,
+                tree=T.Tree(
+                    prompt=request.text,
+                    prompt_tokens=len(request.tokens),
+                    method=self.config.method,
+                    index=request.index,
+                    settings=tree_settings(self.config, cap, request),
+                ),
+                cap=cap,
+                theta=self.config.theta if request.theta is None else request.theta,
+                reserved=cap,
+                started_at=time.perf_counter(),
+                branching_open=not self.parallel,
+            )
+            llama_id = self._take_id(run)
+            try:
+                first_logits = self._prefill(run, llama_id)
+            except KVCacheFull:
+                heapq.heappush(self.free_ids, llama_id)
+                run.reserved = 0
+                self.pending.append(request)
+                if not self.runs:  # nothing will ever free space: report and move on
+                    self.pending.pop()
+                    yield self._empty_tree(request)
+                return
+            self.runs.append(run)
+            root = self._new_row(run, parent=None, fork_at=0, tokens=[], llama_id=llama_id)
+            root.fresh_logits = first_logits  # the prefill's sequence becomes the first row
+            if self.parallel:
+                for _ in range(cap - 1):
+                    row = self._new_row(run, parent=None, fork_at=0, tokens=[], llama_id=self._take_id(run))
+                    self.ctx.fork(root.llama_id, row.llama_id)
+                    row.fresh_logits = first_logits
+
+    def _expected_rows(self, cap: int, run: PromptRun | None = None) -> float:
+        """Rows a prompt holds or is expected to hold: M for parallel, the forecast for EAGer
+        (a new prompt when `run` is None)."""
+        if self.parallel:
+            return cap if run is None else run.live
+        if run is not None and not run.branching_open:
+            return run.live  # it will not grow any more
+        expected = self.forecast.rows(cap)
+        return expected if run is None else max(run.live, expected)
+
+    def _reserved_rows(self) -> float:
+        return sum(self._expected_rows(run.cap, run) for run in self.runs)
+
+    def _prefill(self, run: PromptRun, llama_id: int) -> np.ndarray:
+        """Decode the prompt into `llama_id` (after the part a kept sequence already holds); its last logits."""
+        request = run.request
+        start = 0
+        if request.prefix_seq is not None:
+            start = min(request.reuse, len(request.tokens) - 1)  # decode at least one token for logits
+            self.ctx.fork(request.prefix_seq, llama_id)
+            self.ctx.truncate(llama_id, start)
+        try:
+            return self.ctx.prefill(request.tokens[start:], llama_id, start_pos=start)
+        except KVCacheFull:
+            self.ctx.drop(llama_id)  # earlier chunks may have landed
+            raise
+
+    # sequence ids -------------------------------------------------------------------------------
+    def _reserved_ids(self) -> int:
+        return sum(run.reserved for run in self.runs)
+
+    def _take_id(self, run: PromptRun) -> int:
+        run.reserved -= 1
+        return heapq.heappop(self.free_ids)
+
+    def _compact_ids(self) -> None:
+        """Move the rows with the highest ids into lower free ids, so the batch is one block.
+
+        Rows finish in any order and leave holes; a move copies one stream (Context.move), which
+        costs less than the extra micro-batch a hole costs every step after. (A unified cache runs
+        one micro-batch whatever the ids.)
+        """
+        if self.ctx.size.unified:
+            return
+        for row in sorted(self.rows, key=lambda r: r.llama_id, reverse=True):
+            if not self.free_ids or self.free_ids[0] > row.llama_id:
+                return
+            lower = heapq.heappop(self.free_ids)
+            self.ctx.move(row.llama_id, lower)
+            heapq.heappush(self.free_ids, row.llama_id)
+            row.llama_id = lower
+
+    def _new_row(self, run: PromptRun, *, parent, fork_at, tokens, llama_id) -> Row:
+        seq = T.Sequence(id=len(run.tree.sequences), parent=parent, fork_at=fork_at, tokens=tokens)
+        seq.entropies = []
+        run.tree.sequences.append(seq)
+        seed = self.config.seed if run.request.seed is None else run.request.seed
+        rng = sequence_rng(seed, run.request.index, run.n_created)
+        run.n_created += 1
+        run.live += 1
+        run.peak_live = max(run.peak_live, run.live)
+        row = Row(seq=seq, run=run, llama_id=llama_id, rng=rng)
+        self.rows.append(row)
+        return row
+
+    # decode -------------------------------------------------------------------------------------
+    def _decode_step(self) -> np.ndarray:
+        """Decode every row's newest token in one batch; logits for all rows, in row order.
+
+        Rows admitted this step already have logits from their prefill: they are not decoded and
+        go last (self.rows is reordered to match the returned logits).
+        """
+        self._compact_ids()
+        decoded = [r for r in self.rows if r.fresh_logits is None]
+        fresh = [r for r in self.rows if r.fresh_logits is not None]
+        while decoded:
+            ids = np.fromiter((r.llama_id for r in decoded), dtype=np.int32, count=len(decoded))
+            # streams: llama.cpp wants increasing ids (see Context)
+            order = np.arange(len(ids)) if self.ctx.size.unified else np.argsort(ids, kind="stable")
+            in_order = [decoded[i] for i in order]
+            tokens = np.fromiter((r.seq.tokens[-1] for r in in_order), dtype=np.int32, count=len(decoded))
+            positions = np.fromiter((r.position for r in in_order), dtype=np.int32, count=len(decoded))
+            try:
+                view = self.ctx.decode(tokens, positions, ids[order], np.ones(len(decoded), dtype=np.int8))
+                if np.any(order != np.arange(len(order))):
+                    view = view[np.argsort(order)]  # back to row order (a copy)
+                break
+            except KVCacheFull:
+                # No room for this step: stop forking everywhere and cut the newest sequence,
+                # whose cells are the likeliest to be its own; retry with the rest.
+                for run in self.runs:
+                    run.branching_open = False
+                victim = decoded.pop()
+                self._finish(victim, T.KV_FULL)
+        else:  # nothing to decode (every row is fresh, or a full cache cut them all)
+            view = np.empty((0, self.model.n_vocab), dtype=np.float32)
+        self.rows = decoded + fresh
+        if fresh:
+            view = np.concatenate([view] + [r.fresh_logits[None, :] for r in fresh])
+            for r in fresh:
+                r.fresh_logits = None
+        return view
+
+    # advance ------------------------------------------------------------------------------------
+    def _advance(self, logits: np.ndarray) -> Iterator[T.Tree]:
+        """Choose each row's next token (branching where the rule says) and retire finished rows."""
+        rows = list(self.rows)  # children created below are appended to self.rows, not here
+        n = len(rows)
+        if n == 0:  # a full cache cut every row: their prompts are complete
+            yield from self._completed_runs()
+            return
+        entropies, computed = self._entropies(rows, logits)
+        thresholds = {id(run): run.threshold(self.config.dynamic_threshold) for run in self.runs}
+        open_rows = np.fromiter((r.run.branching_open for r in rows), dtype=bool, count=n)
+        branching, cut = branching_rule.decide(
+            np.where(open_rows, entropies, np.nan),  # NaN never branches
+            np.fromiter((thresholds[id(r.run)] for r in rows), dtype=np.float64, count=n),
+            np.fromiter((id(r.run) for r in rows), dtype=np.int64, count=n),
+            {id(run): len(run.tree.sequences) for run in self.runs},
+            {id(run): run.cap for run in self.runs},
+            self.budget.remaining,
+        )
+
+        tokens = self._sample(rows, logits, ~branching & ~cut)
+        branched_runs: set[int] = set()
+        children: list[Row] = []
+        for i in np.flatnonzero(branching):
+            row = rows[i]
+            top1, top2 = top_two_tokens(logits[i])
+            tokens[i] = top1
+            children.append(self._fork(row, top2, float(entropies[i]), thresholds[id(row.run)], top1))
+            branched_runs.add(id(row.run))
+
+        if self.config.dynamic_threshold:
+            for i in np.flatnonzero(computed & open_rows):
+                rows[i].run.entropy_history.append(float(entropies[i]))
+
+        for i, row in enumerate(rows):
+            if cut[i]:
+                self._finish(row, T.BUDGET)
+            else:
+                self._append(row, int(tokens[i]), float(entropies[i]))
+        for child in children:  # its token (the top-2) was appended by _fork
+            self._after_token(child)
+
+        self._update_windows(branched_runs)
+        self.rows = [r for r in self.rows if r.seq.finish_reason is None]
+        yield from self._completed_runs()
+
+    def _entropies(self, rows: list[Row], logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's top-K entropy where a branch may happen (everywhere with record_entropies),
+        never past the end of thinking; NaN elsewhere. Also returns where it was computed."""
+        n = len(rows)
+        entropies = np.full(n, np.nan)
+        record = self.config.record_entropies
+        computed = np.fromiter(
+            ((record or r.run.branching_open) and not r.past_thinking for r in rows), dtype=bool, count=n
+        )
+        if computed.any():
+            idx = np.flatnonzero(computed)
+            temperature = self.config.sampling.temperature if self.config.tempered_entropy else 1.0
+            subset = logits if len(idx) == n else logits[idx]  # no copy in the common case
+            entropies[idx] = top_k_entropy(subset, self.config.top_k_entropy, temperature or 1.0)
+        return entropies, computed
+
+    def _sample(self, rows: list[Row], logits: np.ndarray, sampled: np.ndarray) -> np.ndarray:
+        """A sampled token for each row in `sampled` (one uniform from each row's own stream); 0 elsewhere."""
+        n = len(rows)
+        tokens = np.zeros(n, dtype=np.int64)
+        if sampled.any():
+            idx = np.flatnonzero(sampled)
+            uniforms = np.fromiter((rows[i].rng.random() for i in idx), dtype=np.float64, count=len(idx))
+            subset = logits if len(idx) == n else logits[idx]
+            tokens[idx] = sample_rows(subset, uniforms, self.config.sampling)
+        return tokens
+
+    def _update_windows(self, branched_runs: set[int]) -> None:
+        """Count the step for every prompt; close branching where the window ran out or the cap is reached."""
+        for run in self.runs:
+            run.tree.steps += 1
+            if not run.branching_open:
+                continue
+            run.steps_since_branch = 0 if id(run) in branched_runs else run.steps_since_branch + 1
+            if (not branching_rule.window_open(run.steps_since_branch, self.config.branch_window)
+                    or not branching_rule.under_cap(len(run.tree.sequences), run.cap)):
+                run.branching_open = False
+
+    def _fork(self, parent: Row, top2: int, entropy: float, threshold: float, top1: int) -> Row:
+        """A new row continuing `parent`'s prefix with the second most likely token."""
+        run = parent.run
+        prefix = list(parent.seq.tokens)
+        llama_id = self._take_id(run)
+        self.ctx.fork(parent.llama_id, llama_id)  # copies the prefix's cells: nothing recomputed
+        child = self._new_row(run, parent=parent.seq.id, fork_at=len(prefix), tokens=prefix, llama_id=llama_id)
+        child.seq.entropies = list(parent.seq.entropies)
+        child.past_thinking = parent.past_thinking
+        run.tree.events.append(
+            T.BranchEvent(
+                step=len(prefix),
+                parent=parent.seq.id,
+                child=child.seq.id,
+                entropy=entropy,
+                threshold=threshold,
+                top1=top1,
+                top2=top2,
+                top1_text=self.model.detokenize([top1]),
+                top2_text=self.model.detokenize([top2]),
+            )
+        )
+        child.seq.tokens.append(top2)
+        child.seq.entropies.append(entropy)
+        self.budget.spend(1)
+        return child
+
+    def _append(self, row: Row, token: int, entropy: float) -> None:
+        row.seq.tokens.append(token)
+        row.seq.entropies.append(entropy)
+        self.budget.spend(1)
+        self._after_token(row)
+
+    # finish -------------------------------------------------------------------------------------
+    def _after_token(self, row: Row) -> None:
+        """Report the row's newest token and finish the row if that token ends it."""
+        token = row.seq.tokens[-1]
+        if self.on_token:
+            self.on_token(row.run.tree, row.seq, token)
+        if token == self.think_token:
+            row.past_thinking = True
+        if self.model.is_eog(token) and not self.config.ignore_eos:
+            self._finish(row, T.STOP)
+        elif len(row.seq.tokens) >= self.config.max_new_tokens or row.position + 1 >= self.context_limit:
+            self._finish(row, T.LENGTH)
+        elif row.position >= self.ctx.cells_per_seq:  # its stream is full (streams under a tight memory limit)
+            self._finish(row, T.KV_FULL)
+
+    def _finish(self, row: Row, reason: str) -> None:
+        """End a row: keep its sequence for the caller (keep=True) or free its cells and id."""
+        if row.seq.finish_reason is not None:
+            return
+        row.seq.finish_reason = reason
+        row.run.live -= 1
+        if self.keep:
+            row.seq.llama_seq = row.llama_id
+            self.kept_ids.add(row.llama_id)
+        else:
+            self.ctx.drop(row.llama_id)
+            heapq.heappush(self.free_ids, row.llama_id)
+
+    def _completed_runs(self) -> Iterator[T.Tree]:
+        done = [run for run in self.runs if run.live == 0]
+        for run in done:
+            self.runs.remove(run)
+            if not self.parallel:
+                self.forecast.observe(run.peak_live)
+            yield self._finalize(run)
+
+    def _finalize(self, run: PromptRun) -> T.Tree:
+        tree = run.tree
+        tree.wall_time = time.perf_counter() - run.started_at
+        for seq in tree.sequences:
+            seq.text = self.model.detokenize(t for t in seq.tokens if not self.model.is_eog(t))
+        return tree
+
+    def _empty_tree(self, request: Request) -> T.Tree:
+        """The tree of a prompt that never started (no budget, or no room for its prompt)."""
+        return T.Tree(
+            prompt=request.text,
+            prompt_tokens=len(request.tokens),
+            method=self.config.method,
+            index=request.index,
+            settings=tree_settings(self.config, request.max_sequences or self.config.max_sequences, request),
+            started=False,
+        )
+
+    # interruption -------------------------------------------------------------------------------
+    def cancel(self) -> Iterator[T.Tree]:
+        """End every live row with finish reason `cancelled`; yield the trees that completes."""
+        for row in list(self.rows):
+            self._finish(row, T.CANCELLED)
+        self.rows = []
+        yield from self._completed_runs()
+
+    def abandon(self) -> None:
+        """Free everything this call holds in the context (the caller lets the interrupt through)."""
+        for row in self.rows:
+            if row.seq.finish_reason is None:
+                self.ctx.drop(row.llama_id)
