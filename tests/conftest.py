@@ -1,14 +1,24 @@
-"""Shared fixtures: the real default model, loaded once per test session.
+"""Shared fixtures: the test model, loaded once per test session.
 
-Tests run the real llama.cpp on the real default model (SmolLM2-135M, pulled from its PyPI wheel
-on first use). One model at a time: two llama.cpp processes on a small machine oversubscribe it.
+Tests run the real llama.cpp on a real model: SmolLM2-135M (98 MB, pulled from its PyPI wheel on
+first use), chosen for speed, whatever the registry's default for users is. This is the one place
+that says so: TEST_MODEL becomes $EAGER_LOCAL_MODEL, the model every call without --model uses, in
+this process and in every `eager-local` process a test starts. The pinned trees
+(tests/data/pinned_trees.json) were made with it. One model at a time: two llama.cpp processes on a
+small machine oversubscribe it.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from eager_local import models
+from eager_local.models.resolve import MODEL_ENV
+
+TEST_MODEL = "smollm2-135m"
+os.environ[MODEL_ENV] = TEST_MODEL
 
 
 @pytest.fixture(scope="session")

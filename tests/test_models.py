@@ -548,3 +548,18 @@ def test_model_entry_is_dataclass():
     e = ModelEntry(name="a", file="a.gguf", sha256=None, source={"type": "url", "url": "https://x/a.gguf"},
                    description="d", end_of_thinking=None)
     assert e.url == "https://x/a.gguf" and e.size is None and not e.is_default
+
+
+def test_eager_local_model_names_the_model_used_without_one(monkeypatch, tmp_path):
+    """$EAGER_LOCAL_MODEL replaces the registry's default (the suite sets it to its test model)."""
+    from eager_local.models.resolve import MODEL_ENV
+
+    monkeypatch.setenv(MODEL_ENV, "smollm2-135m")
+    assert models.resolve(None, progress=False).name == "smollm2-135m"
+    missing = tmp_path / "nowhere.gguf"
+    monkeypatch.setenv(MODEL_ENV, str(missing))
+    with pytest.raises(models.ModelError, match="model file not found"):
+        models.resolve(None, progress=False)
+    monkeypatch.setenv(MODEL_ENV, "no-such-model")
+    with pytest.raises(models.ModelError, match="unknown model 'no-such-model'"):
+        models.resolve(None, progress=False)

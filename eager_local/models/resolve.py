@@ -12,13 +12,19 @@ from .pulling import fetch_into_cache, pull_entry
 from .gguf import check_gguf
 from .registry import ResolvedModel, default_entry, get_entry, list_models
 
+# Names the model used when none is given (a registry name, a .gguf path or a URL), instead of the
+# registry's default: a user's own default, and how the test suite keeps its small, fast model.
+MODEL_ENV = "EAGER_LOCAL_MODEL"
+
 
 def resolve(spec: str | os.PathLike | None, *, progress: bool = True) -> ResolvedModel:
     """Turn a user's model spec into a local, GGUF-checked file.
 
-    None -> the registry default (pulled on first use); an existing file -> that file;
+    None -> $EAGER_LOCAL_MODEL if set, else the registry default (pulled on first use); an existing file -> that file;
     http(s) URL -> downloaded into the cache under its file name; a registry name -> pull.
     """
+    if spec is None and os.environ.get(MODEL_ENV, "").strip():
+        spec = os.environ[MODEL_ENV]
     if spec is None:
         entry = default_entry()
         path, digest = pull_entry(entry, progress=progress)
