@@ -51,7 +51,8 @@ def rows(groups) -> list[dict]:
             out.append({**row, "T": temperature, "capped": capped, "distinct": distinct, "records": records})
     # by temperature, parallel first, then θ: directories may have been run in any order
     rank = {store.PARALLEL: 0, store.INIT: 1, store.ADAPT: 2, store.FULL: 3}
-    out.sort(key=lambda r: (r["T"], r["method"] != store.PARALLEL, r["theta"] or 0.0, rank.get(r["method"], 4)))
+    # parallel at the largest M first: the baseline (the smaller M are derived from its samples)
+    out.sort(key=lambda r: (r["T"], r["method"] != store.PARALLEL, r["theta"] or 0.0, rank.get(r["method"], 4), -r["M"]))
     base = next((r for r in out if r["method"] == store.PARALLEL), None)
     for row in out:
         ids = sorted(set(row["records"]) & set(base["records"])) if base else []

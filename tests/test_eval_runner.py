@@ -33,6 +33,8 @@ TOY = [
     ("What is 6 + 1?", "7"),
 ]
 POINTS = ["parallel_M4", "eager-init_theta2.5_M4", "eager-adapt_theta2.5_M4", "eager_theta2.5_M4"]
+# The parallel curve below M = 4, derived from parallel_M4's samples (tested in test_parallel_curve.py).
+DERIVED = ["parallel_M1", "parallel_M2"]
 
 
 
@@ -134,7 +136,9 @@ def test_report_matches_records(full_run, tmp_path):
     assert r.returncode == 0, r.stderr
     (group,) = json.loads(r.stdout)
     rows = {row["point"]: row for row in group["points"]}
-    assert sorted(rows) == sorted(POINTS)
+    assert sorted(rows) == sorted(POINTS + DERIVED)
+    assert all(rows[name]["derived_from"] == "parallel_M4" for name in DERIVED)
+    assert all(rows[name]["derived_from"] is None for name in POINTS)
     for name in POINTS:
         recs = records(full_run, name)
         # every sequence graded from its text; the metrics by their definitions (eager-method.md §6)
@@ -213,8 +217,9 @@ def test_resume_after_sigkill(toy_file, tmp_path, default_model_path):
         assert sorted(got) == ids, (name, got)  # nothing lost, nothing twice
     # the records written before the kill are kept as they were
     assert first.read_bytes().split(b"\n")[: len(kept)] == kept
-    for name in ("parallel_M2", "eager-init_theta2.5_M2", "eager-adapt_theta2.5_M2"):
+    for name in ("parallel_M1", "parallel_M2", "eager-init_theta2.5_M2", "eager-adapt_theta2.5_M2"):
         assert json.loads((out / f"{name}.stats.json").read_text())["complete"]
+    assert sorted(rec["id"] for rec in records(out, "parallel_M1")) == ids
 
 
 def test_shards_cover_the_dataset_once_and_merge(tmp_path, default_model_path):
@@ -230,9 +235,10 @@ def test_shards_cover_the_dataset_once_and_merge(tmp_path, default_model_path):
     assert not set(ids[0]) & set(ids[1])
     r = eager("report", str(dirs[0]), str(dirs[1]), "--format", "json")
     (group,) = json.loads(r.stdout)
-    (row,) = group["points"]
+    derived, row = group["points"]  # parallel_M1 (derived in each shard), parallel_M2
     assert row["prompts"] == 4 == row["expected"] and row["complete"]
     assert row["#S"] == 2
+    assert derived["derived_from"] == "parallel_M2" and derived["prompts"] == 4 and derived["#S"] == 1
 
 
 def test_budget_caps_the_run_and_survives_resume(toy_file, tmp_path, default_model_path):
@@ -250,7 +256,7 @@ def test_budget_caps_the_run_and_survives_resume(toy_file, tmp_path, default_mod
     assert eager(*args).returncode == 0
     assert (out / "parallel_M4.jsonl").read_bytes() == before  # the budget is spent on disk too
     report = eager("report", str(out))
-    assert "token budget: 40 of 40 spent" in report.stdout
+    assert "token budget: 40 of 40 spent" in report.stdout  # the derived M = 1, 2 points spent nothing
 
 
 def test_bad_input(tmp_path, toy_file):

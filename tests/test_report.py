@@ -227,3 +227,50 @@ def test_records_missing_fields_still_report(tmp_path):
     (par,) = json.loads(r.stdout)[0]["points"]
     # kind "auto" (the manifest's) resolves to latex for the reference 1/2; two of three right
     assert par["p@1"] == pytest.approx(2 / 3) and par["pass@k"] == 1.0 and par["regraded"] == 1
+
+
+def derived(rec, m):
+    """A parallel record cut to its first m samples, as eval derives it (records.derive_record)."""
+    seqs = rec["sequences"][:m]
+    return {**rec, "sequences": seqs, "#S": len(seqs), "#T": rec["#T"] * m // rec["#S"], "derived_from": "parallel_M4"}
+
+
+def mark_derived(run: Path, name: str, *, source_complete: bool = True) -> None:
+    (run / f"{name}.stats.json").write_text(json.dumps({"wall_time": 20.0, "complete": True, "peak_rss_mb": None,
+                                                        "derived_from": "parallel_M4"}))
+    if not source_complete:
+        stats = json.loads((run / "parallel_M4.stats.json").read_text())
+        (run / "parallel_M4.stats.json").write_text(json.dumps({**stats, "complete": False}))
+
+
+def test_derived_parallel_points_are_marked_and_spend_nothing(tmp_path):
+    points = {"parallel_M4": [PAR_A, PAR_B], "parallel_M2": [derived(PAR_A, 2), derived(PAR_B, 2)]}
+    d = make_run(tmp_path / "curve", points, ids=["a", "b"], walls={"parallel_M4": 40.0, "parallel_M2": 20.0},
+                 budget=10_000)
+    mark_derived(d, "parallel_M2")
+    r = eager("report", str(d), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    (group,) = json.loads(r.stdout)
+    m2, m4 = group["points"]
+    # M = 2: a has 4, 4 (both right), b 7, 7: p@1 .5, pass 0.5, cons 0.5; 100 tokens each
+    assert (m2["M"], m2["p@1"], m2["pass@k"], m2["cons@k"], m2["#T"], m2["#S"]) == (2, 0.5, 0.5, 0.5, 100, 2)
+    assert m2["derived_from"] == "parallel_M4" and m4["derived_from"] is None and m2["complete"]
+    assert m2["peak_mb"] is None and m2["wall_s"] == 20.0
+    assert group["budget"]["spent"] == 400  # parallel_M4's 200 + 200; the derived point generated nothing
+    table = eager("report", str(d)).stdout
+    m2_line = next(line for line in table.splitlines() if line.startswith("parallel") and " 2† " in line)
+    assert m2_line.split()[2:4] == ["2†", "2/2"]
+    assert "† derived from parallel_M4: each prompt's first M samples of that run" in table
+    assert "token budget: 400 of 10000 spent" in table
+    rows = list(csv.DictReader(io.StringIO(eager("report", str(d), "--format", "csv").stdout)))
+    assert [(r["point"], r["derived_from"]) for r in rows] == [("parallel_M2", "parallel_M4"), ("parallel_M4", "")]
+    md = eager("report", str(d), "--format", "markdown").stdout
+    assert "| parallel | - | 2† | 2/2 |" in md and "† derived from parallel_M4" in md
+
+
+def test_a_derived_point_is_incomplete_when_its_source_is(tmp_path):
+    points = {"parallel_M4": [PAR_A, PAR_B], "parallel_M2": [derived(PAR_A, 2), derived(PAR_B, 2)]}
+    d = make_run(tmp_path / "curve", points, ids=["a", "b"], walls={"parallel_M4": 40.0, "parallel_M2": 20.0})
+    mark_derived(d, "parallel_M2", source_complete=False)
+    (group,) = json.loads(eager("report", str(d), "--format", "json").stdout)
+    assert [(p["point"], p["complete"]) for p in group["points"]] == [("parallel_M2", False), ("parallel_M4", False)]

@@ -79,7 +79,7 @@ def test_run_theta_auto_calibrates_once_uses_the_profile_and_redoes_a_stale_one(
 
 def test_eval_theta_auto_pins_the_calibrated_theta_and_report_shows_the_target(env, tiny, tmp_path):
     out = tmp_path / "run"
-    args = ["eval", "--dataset", "arith:3:0", "--method", "eager-init", "--theta", "auto,2.0", "-S", "2",
+    args = ["eval", "--dataset", "arith:6:0", "--limit", "3", "--method", "eager-init", "--theta", "auto,2.0", "-S", "2",
             *tiny, "--no-progress", "--out", str(out)]
     first = eager(*args, env=env)
     assert first.returncode == 0, first.stderr
@@ -88,7 +88,7 @@ def test_eval_theta_auto_pins_the_calibrated_theta_and_report_shows_the_target(e
     assert calibrated["mode"] == "auto" and calibrated["target"] == 2 and calibrated["task"] == "arith"
     assert sorted(manifest["params"]["theta"]) == sorted([2.0, calibrated["theta"]])
     assert (out / f"eager-init_theta{calibrated['theta']:g}_M4.jsonl").exists()
-    # eval's check averages EVAL_CHECK_RUNS runs: the family's 3 problems x the cap of 4 seeds
+    # eval's check averages EVAL_CHECK_RUNS runs: the 3 problems outside the selection x the cap of 4 seeds
     (entry,) = profile_file(env)["entries"].values()
     assert entry["source"]["check_seeds"] == 4 and len(entry["traces"]) == 3
     assert all(r["seeds"] == 4 and len(r["per_prompt"]) == 3 for c in entry["checks"] for r in c["runs"])
@@ -107,7 +107,7 @@ def test_eval_theta_auto_pins_the_calibrated_theta_and_report_shows_the_target(e
 
 def test_eval_calibrates_on_the_eval_budget(env, default_model_path, tmp_path):
     # Without the override, eval's calibration takes calibration_prompts(for_eval=True): 128 at 8
-    # new tokens, where run/chat would take 64 — so all 70 problems of the family, not 64. (A
+    # new tokens, where run/chat would take 64 — so all 69 problems outside the selection, not 64. (A
     # quantile θ needs no check run, which keeps this cheap; auto calibrates the same way.)
     env = {k: v for k, v in env.items() if k != C.PROMPTS_ENV}
     out = tmp_path / "run"
@@ -118,8 +118,9 @@ def test_eval_calibrates_on_the_eval_budget(env, default_model_path, tmp_path):
     assert result.returncode == 0, result.stderr
     assert C.calibration_prompts(8) == C.MAX_PROMPTS == 64
     (entry,) = profile_file(env)["entries"].values()
-    assert entry["source"]["dataset"] == "arith:70:0" and entry["source"]["limit"] == 128
-    assert len(entry["traces"]) == 70
+    assert "only 69 problem(s) outside the evaluated selection to calibrate θ on (calibration wants 128)" in (
+        result.stderr)
+    assert len(entry["traces"]) == 69
 
 
 @pytest.mark.parametrize(

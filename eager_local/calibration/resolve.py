@@ -3,8 +3,9 @@
 `calibrate` records traces on some prompts, optionally checks one target with a real run, and
 saves the entry in the model's profile. `resolve_theta` is what `run`, `chat` and `eval` call:
 it looks up the profile entry for the run's settings (model, entropy options, prompt format,
-task), calibrates first when there is none — on the first problems of the dataset the run uses,
-else of gsm8k — and returns the θ for the target number of sequences, or the entropy quantile.
+task), calibrates first when there is none — on the first problems of the dataset the run uses
+(eval: outside its evaluated selection), else of gsm8k — and returns the θ for the target number
+of sequences, or the entropy quantile.
 
 Which prompts a profile is for is its *task*: the dataset family (`gsm8k`, `arith` for every
 `arith:N:SEED`, a user file by its path), or `default` for `run`/`chat` without a dataset.
@@ -18,7 +19,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 from ..config import GenerationConfig, parse_theta_spec
 from ..errors import ConfigError
@@ -142,6 +143,20 @@ def calibrate(
 
 
 # --- --theta auto | qNN | number ---------------------------------------------------------------------
+def _check_outside_prompts(prompts: Sequence[str] | None, wanted: int, task: str,
+                           log: Callable[[str], None] | None) -> None:
+    """Before calibrating on the problems outside an evaluated selection: refuse when there are
+    none, warn when there are fewer than calibration wants (θ is then less precise)."""
+    if not prompts:
+        raise ConfigError(
+            f"no problems of task {task!r} are left outside the evaluated selection to calibrate θ on: "
+            "evaluate fewer (--limit, --offset, --ids), or give θ as a number "
+            "(`eager-local calibrate --dataset` on other problems prints θ per target)")
+    if len(prompts) < wanted and log:
+        log(f"warning: only {len(prompts)} problem(s) outside the evaluated selection to calibrate θ on "
+            f"(calibration wants {wanted})")
+
+
 def resolve_theta(
     spec: str | float,
     llm,
@@ -153,6 +168,7 @@ def resolve_theta(
     prompt_template: str = RAW_TEMPLATE,
     dataset_hint: str | None = None,
     calibration_problems: Sequence[str] | None = None,
+    exclude: Collection[str] | None = None,
     calibrate_prompts: int | None = None,
     check_runs: int | None = None,
     log: Callable[[str], None] | None = None,
@@ -169,6 +185,12 @@ def resolve_theta(
     `check_runs` runs (check_seed_count). For auto, a target not yet checked for this (M, W) is
     checked with a short real run and the check is saved too. Returns (θ, info) with info for the
     report: spec, target, predicted, achieved on the calibration prompts, the profile path and key.
+
+    `exclude` (eval: the texts of the evaluated problems; calibration_problems are then the problems
+    outside them) keeps θ from being tuned on what it is evaluated on. A profile entry recorded on
+    any of them is not used: calibration runs again and replaces it. With none of
+    calibration_problems left that is a ConfigError, with fewer than `calibrate_prompts` a warning,
+    and info["calibrated_on"] lists the prompts the profile entry in use was recorded on.
     """
     kind, value = parse_theta_spec(spec)
     if kind == "number":
@@ -194,10 +216,19 @@ def resolve_theta(
         source = {"problems": prompts}
     else:
         source = {"dataset": dataset_hint or DEFAULT_DATASET, "limit": calibrate_prompts, "offset": 0}
+    reason = "no profile for this model and these settings yet"
+    entry_prompts = prompts
+    if entry is not None and exclude is not None:
+        entry_prompts = _source_prompts(entry.source, dataset_hint, calibrate_prompts)
+        seen = set(exclude).intersection(entry_prompts)
+        if seen:
+            reason = f"the saved profile was recorded on {len(seen)} of the evaluated problems and is replaced"
+            entry, entry_prompts = None, prompts
+    if entry is None and exclude is not None:
+        _check_outside_prompts(prompts, calibrate_prompts, task, log)
     if entry is None:
         if log:
-            log(f"calibrating θ for task {task!r}: no profile for this model and these settings yet "
-                f"(once; saved to {profile_path(key.model_sha256)})")
+            log(f"calibrating θ for task {task!r}: {reason} (once; saved to {profile_path(key.model_sha256)})")
         if prompts is None:
             prompts = dataset_problems(dataset_hint, limit=calibrate_prompts)
         entry, _ = calibrate(
@@ -211,6 +242,8 @@ def resolve_theta(
     path = profile_path(key.model_sha256)
     info = {"spec": str(spec), "mode": kind, "profile": str(path), "profile_key": key.id(), "task": task,
             "calibrated_now": calibrated_now, "profile_created": entry.created}
+    if exclude is not None:
+        info["calibrated_on"] = list(entry_prompts)
     if kind == "quantile":
         theta = entry.quantile(value)
         info.update(theta=round(theta, 4), quantile=value,

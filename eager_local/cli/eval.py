@@ -1,7 +1,8 @@
 """`eager-local eval` and `eager-local report`: thin click wrappers over eval/runner.py and eval/report.py.
 
 eval takes `run`'s generation options, except that --theta, -M and -S take comma lists: each value
-(each pair) is one point of the sweep, with its own results file.
+(each pair) is one point of the sweep, with its own results file. A calibrated θ (auto, qNN.N) is
+tuned on the dataset's problems outside the evaluated selection.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ SWEEP_OPTIONS = {
                                           "list gives one θ each (default: M/2)."),
     "max_sequences": click.Option(["--max-sequences", "-M", "max_sequences"], default=str(default("max_sequences")),
                                   show_default=True,
-                                  help="Cap on sequences per prompt (parallel draws exactly M); a comma list sweeps (4,8)."),
+                                  help="Cap on sequences per prompt (parallel draws exactly M); a comma list "
+                                       "sweeps (4,8). parallel also reports M = 1, 2, 4, … below the largest, "
+                                       "derived from its samples without decoding again."),
 }
 
 
@@ -98,8 +101,9 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
     everything = load_dataset(dataset, problem_field=problem_field, answer_field=answer_field,
                               id_field=id_field, kind=answer_kind)
     positions = {p.id: i for i, p in enumerate(everything)}
-    problems = select(everything, limit=limit, offset=offset, ids=id_list, shuffle=shuffle,
-                      seed=opts["seed"], shard=shard)
+    # The evaluated selection (all shards of it), then this shard's part.
+    evaluated = select(everything, limit=limit, offset=offset, ids=id_list, shuffle=shuffle, seed=opts["seed"])
+    problems = select(evaluated, shard=shard)
     if not problems:
         raise ConfigError("no problems selected (check --limit, --offset, --ids and --shard)")
 
@@ -110,7 +114,8 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
     calibration: list[dict] = []
     if calibrated:
         runner = load_runner({**opts, "model": str(resolved.path)})
-        found, calibration = _calibrated_thetas(runner, calibrated, targets, ms[0], opts, template, dataset, everything)
+        found, calibration = _calibrated_thetas(runner, calibrated, targets, ms[0], opts, template, dataset, everything,
+                                                evaluated)
         thetas = dedupe(fixed + found)
     spec = EvalSpec(
         dataset=dataset,
@@ -136,16 +141,19 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
     click.echo(f"results in {out}; summary: eager-local report {out}")
 
 
-def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, dataset, everything):
+def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, dataset, everything, evaluated):
     """Numbers for --theta auto (one per target) and qNN.N, with how each was found (for the report).
 
-    They become plain θs before the run is pinned in its manifest: a rerun that finds another
+    θ is calibrated on the dataset's problems outside the evaluated selection (spec.calibration_pool),
+    never on the problems it is then evaluated on, and a saved profile recorded on any of those is
+    not used (resolve_theta's `exclude`). Which problems calibrated it goes into the manifest.
+    The θs become plain numbers before the run is pinned in its manifest: a rerun that finds another
     profile (recalibrated after a change) gets another θ, and the manifest check refuses to mix them.
     """
     from ..calibration import EVAL_CHECK_RUNS, calibration_prompts
-    from ..eval.datasets import is_builtin
+    from ..eval.spec import calibration_pool, calibration_problems
 
-    builtin = is_builtin(dataset)
+    pool = calibration_pool(everything, evaluated)
     # An eval is long and its #S is what it measures: calibrating (when no profile exists yet) on
     # more prompts, and checking each with several seeds, costs little next to it and makes θ
     # transfer (calibration_prompts, check_seed_count).
@@ -156,12 +164,13 @@ def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, da
             theta, info = resolve_theta_option(
                 {**opts, "theta": spec, "max_sequences": max_sequences, "target_sequences": target}, runner,
                 prompt_template=template, dataset_hint=dataset,
-                # a user file's problems are read with the user's field names: hand them over
-                calibration_problems=None if builtin else [p.problem for p in everything],
+                # texts as read with the user's field names (a user file), outside the evaluated selection
+                calibration_problems=[p.problem for p in pool], exclude={p.problem for p in evaluated},
                 calibrate_prompts=prompts, check_runs=EVAL_CHECK_RUNS)
             theta = round(theta, 3)
             thetas.append(theta)
-            infos.append({**info, "theta": theta})
+            used = calibration_problems(info.pop("calibrated_on"), everything)
+            infos.append({**info, "theta": theta, "calibration_problems": used})
     return thetas, infos
 
 

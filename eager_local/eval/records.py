@@ -9,12 +9,16 @@ A record also carries the grade it got when it was written (`answer`, `correct`,
 Full EAGer needs correctness during the run (it spends the saved budget on unsolved prompts), and a
 resumed run rebuilds its plan from these stored labels, so the plan stays the one the journal was
 written under even if the grader changed in between. The report never reads them.
+
+Full parallel sampling's records at a smaller M are derived from the records at the largest M
+(`derive_record`; spec.py says why that is exact).
 """
 
 from __future__ import annotations
 
 import math
 
+from ..tree import BUDGET
 from .datasets import Problem
 from .grading import extract_answer, is_correct, resolve_kind
 from .store import Point
@@ -122,6 +126,42 @@ def merge_records(point: Point, init: dict, extras: list[dict]) -> dict:
         "cut_by_budget": any(r["cut_by_budget"] for r in everything),
         "finish_counts": finish_counts,
         "runs": runs,
+    }
+
+
+def derive_record(record: dict, point: Point, source: Point) -> dict:
+    """A prompt's full-parallel-sampling record at M = m (`point`), from its record at a larger M
+    (`source`): the first m sequences, which drew from the random streams an m-sample run uses.
+
+    Texts, answers, grades and token counts are those sequences' own; #T is their tokens, #S = m,
+    `steps` the longest of them (every parallel row advances one token per step). The wall time is
+    the source record's, pro rata by tokens: the derived samples were decoded in the larger run's
+    batches, so there is no time of their own to report. `derived_from` names the source point.
+    """
+    sequences = record["sequences"][: point.max_sequences]
+    tokens = sum(s["new_tokens"] for s in sequences)
+    share = tokens / record["#T"] if record["#T"] else 0.0
+    finish_counts: dict[str, int] = {}
+    for s in sequences:
+        key = s["finish_reason"] or "live"
+        finish_counts[key] = finish_counts.get(key, 0) + 1
+    return {
+        **{k: record[k] for k in ("id", "position", "problem", "reference", "kind", "prompt_tokens")},
+        "method": point.method,
+        "theta": point.theta,
+        "M": point.max_sequences,
+        "sequences": sequences,
+        "events": [],  # full parallel sampling never branches
+        "entropy": _entropy_summary(sequences),
+        "#T": tokens,
+        "#S": len(sequences),
+        "n_correct": sum(s["correct"] for s in sequences),
+        "steps": max((s["tokens"] for s in sequences), default=0),
+        "wall_time": round(record["wall_time"] * share, 4),
+        "started": record["started"],
+        "cut_by_budget": not record["started"] or any(s["finish_reason"] == BUDGET for s in sequences),
+        "finish_counts": finish_counts,
+        "derived_from": source.name,
     }
 
 
