@@ -5,7 +5,7 @@ The test holds today's engine to these trees token for token, so a refactoring t
 the engine generates (same model, seed and settings) fails loudly. Regenerate only when a change
 of behaviour is intended, and say why in the commit:
 
-    python scripts/pin_trees.py            # default model, writes tests/data/pinned_trees.json
+    python scripts/pin_trees.py            # pinned_cases.MODEL; writes tests/data/pinned_trees.json
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from pinned_cases import CASES, ESTIMATOR_CASES, estimator_outputs, run_case  # noqa: E402
+from pinned_cases import CASES, ESTIMATOR_CASES, MODEL, estimator_outputs, run_case  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "pinned_trees.json"
 
@@ -24,9 +24,9 @@ OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "pinned_trees.jso
 def main() -> None:
     from eager_local.api import EagerLocal
 
-    llm = EagerLocal()
+    llm = EagerLocal(MODEL)
     doc = {
-        "model_sha256": llm.resolved.sha256 if hasattr(llm.resolved, "sha256") else None,
+        "model_sha256": llm.resolved.sha256,
         "cases": {name: run_case(llm, case) for name, case in CASES.items()},
         "estimator": {name: estimator_outputs(case) for name, case in ESTIMATOR_CASES.items()},
     }

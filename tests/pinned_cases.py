@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+MODEL = "smollm2-135m"  # the model the pins were made with (the suite's test model, tests/conftest.py)
+
 PROMPTS = [
     "What is 23 + 19? Think step by step and put the final answer in \\boxed{}.",
     "Name three colours of the rainbow.",

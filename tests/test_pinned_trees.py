@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from pinned_cases import CASES, ESTIMATOR_CASES, estimator_outputs, run_case
+from pinned_cases import CASES, ESTIMATOR_CASES, MODEL, estimator_outputs, run_case
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_trees.json").read_text())
+
+
+def test_pins_are_for_the_test_model(llm):
+    from eager_local import models
+
+    assert llm.resolved.name == MODEL
+    assert models.model_sha256(llm.resolved.path) == PINNED["model_sha256"]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
