@@ -137,7 +137,7 @@ def calibrate(
         entry.timing["check_tokens"] = sum(r["tokens"] for r in check["runs"])
         entry.timing["check_seconds"] = round(sum(r["seconds"] for r in check["runs"]), 1)
     entry.timing["total_seconds"] = round(time.perf_counter() - start, 1)
-    entry.timing["threads"] = llm.engine.n_threads
+    entry.timing["threads"] = llm.threads
     path = save_entry(entry) if save else None
     return entry, path
 
