@@ -217,13 +217,13 @@ def resolve_theta(
     else:
         source = {"dataset": dataset_hint or DEFAULT_DATASET, "limit": calibrate_prompts, "offset": 0}
     reason = "no profile for this model and these settings yet"
-    entry_prompts = prompts
+    entry_prompts = None  # the prompts the entry in use was recorded on, read once when needed
     if entry is not None and exclude is not None:
         entry_prompts = _source_prompts(entry.source, dataset_hint, calibrate_prompts)
         seen = set(exclude).intersection(entry_prompts)
         if seen:
             reason = f"the saved profile was recorded on {len(seen)} of the evaluated problems and is replaced"
-            entry, entry_prompts = None, prompts
+            entry, entry_prompts = None, None
     if entry is None and exclude is not None:
         _check_outside_prompts(prompts, calibrate_prompts, task, log)
     if entry is None:
@@ -237,6 +237,7 @@ def resolve_theta(
             check_target=target if target and target >= 2 else None, log=log,
         )
         calibrated_now = True
+        entry_prompts = prompts
         if log:
             log(f"calibration took {entry.timing['total_seconds']:.0f} s")
     path = profile_path(key.model_sha256)
@@ -255,9 +256,9 @@ def resolve_theta(
         return theta, info
     if entry.find_check(target, max_sequences, branch_window) is None:
         # Checks run on the entry's own calibration prompts, so all its real runs are comparable.
-        if not calibrated_now:
-            prompts = _source_prompts(entry.source, dataset_hint, calibrate_prompts)
-        run_check(entry, llm, fmt.tokens(llm, prompts), config, target, log=log)
+        if entry_prompts is None:
+            entry_prompts = _source_prompts(entry.source, dataset_hint, calibrate_prompts)
+        run_check(entry, llm, fmt.tokens(llm, entry_prompts), config, target, log=log)
         save_entry(entry)
     theta, check = entry.theta_for(target, max_sequences, branch_window)
     info.update(theta=theta, target=target, max_sequences=max_sequences, predicted=check.get("predicted"),

@@ -23,6 +23,9 @@ from .datasets import Problem
 from .grading import extract_answer, is_correct, resolve_kind
 from .store import Point
 
+# What a record says about its problem: copied as they are into merged and derived records.
+_PROBLEM_FIELDS = ("id", "position", "problem", "reference", "kind", "prompt_tokens")
+
 
 def make_record(problem: Problem, position: int, tree, point: Point, extra: dict | None = None) -> dict:
     """One prompt's (or one extra run's) results, graded now (see the module docstring)."""
@@ -104,13 +107,9 @@ def merge_records(point: Point, init: dict, extras: list[dict]) -> dict:
         for e in extra["events"]:
             events.append(dict(e, parent=e["parent"] + offset, child=e["child"] + offset, run=extra["round"]))
         runs.append({k: extra[k] for k in ("round", "cap", "theta", "#S", "#T")})
-    finish_counts: dict[str, int] = {}
-    for s in sequences:
-        key = s["finish_reason"] or "live"
-        finish_counts[key] = finish_counts.get(key, 0) + 1
     everything = [init] + extras
     return {
-        **{k: init[k] for k in ("id", "position", "problem", "reference", "kind", "prompt_tokens")},
+        **{k: init[k] for k in _PROBLEM_FIELDS},
         "method": point.method,
         "theta": point.theta,
         "M": point.max_sequences,
@@ -124,7 +123,7 @@ def merge_records(point: Point, init: dict, extras: list[dict]) -> dict:
         "wall_time": round(sum(r["wall_time"] for r in everything), 4),
         "started": init["started"],
         "cut_by_budget": any(r["cut_by_budget"] for r in everything),
-        "finish_counts": finish_counts,
+        "finish_counts": _finish_counts(sequences),
         "runs": runs,
     }
 
@@ -141,12 +140,8 @@ def derive_record(record: dict, point: Point, source: Point) -> dict:
     sequences = record["sequences"][: point.max_sequences]
     tokens = sum(s["new_tokens"] for s in sequences)
     share = tokens / record["#T"] if record["#T"] else 0.0
-    finish_counts: dict[str, int] = {}
-    for s in sequences:
-        key = s["finish_reason"] or "live"
-        finish_counts[key] = finish_counts.get(key, 0) + 1
     return {
-        **{k: record[k] for k in ("id", "position", "problem", "reference", "kind", "prompt_tokens")},
+        **{k: record[k] for k in _PROBLEM_FIELDS},
         "method": point.method,
         "theta": point.theta,
         "M": point.max_sequences,
@@ -160,7 +155,7 @@ def derive_record(record: dict, point: Point, source: Point) -> dict:
         "wall_time": round(record["wall_time"] * share, 4),
         "started": record["started"],
         "cut_by_budget": not record["started"] or any(s["finish_reason"] == BUDGET for s in sequences),
-        "finish_counts": finish_counts,
+        "finish_counts": _finish_counts(sequences),
         "derived_from": source.name,
     }
 
@@ -189,6 +184,15 @@ def regrade(record: dict, default_kind: str = "auto") -> dict:
         sequences.append(dict(s, answer=answer, correct=correct))
     return {**record, "kind": kind, "sequences": sequences,
             "n_correct": sum(1 for s in sequences if s.get("correct")), "regraded": changed}
+
+
+def _finish_counts(sequences: list[dict]) -> dict[str, int]:
+    """How many sequences ended for each reason ("live" for none), like Tree.finish_counts."""
+    counts: dict[str, int] = {}
+    for s in sequences:
+        key = s["finish_reason"] or "live"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _entropy_summary(sequences: list[dict]) -> dict:
