@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from . import models
 from .budget import TokenBudget
 from .config import GenerationConfig, make_config
-from .engine import Engine, Request, StepStats
+from .engine import Engine, Inbox, Request, ServingLoop, StepStats
 from .llama import Model
 from .tree import Tree
 
@@ -77,6 +77,14 @@ class EagerLocal:
                           budget: TokenBudget | None = None, on_token=None) -> list[Tree]:
         """Like stream(), all at once: the trees in request order."""
         return self.engine.generate(requests, config, budget=budget, on_token=on_token)
+
+    def serving_loop(self, config: GenerationConfig, inbox: Inbox, *, prompt_tokens: int, slots: int,
+                     max_batch_rows: int | None = None) -> ServingLoop:
+        """A step loop for a server: requests (each with its own config) arrive through `inbox` from
+        any thread and share every batched decode; run `loop.serve()` on one thread, which yields
+        (request, tree) as each completes (engine/serving.py)."""
+        return self.engine.serving_loop(config, inbox, prompt_tokens=prompt_tokens, slots=slots,
+                                        max_batch_rows=max_batch_rows)
 
     # Sequences a caller keeps in the KV cache (stream(keep_sequences=True)), by their llama id
     # (`Sequence.llama_seq`): a chat continues its next turn from one of them.

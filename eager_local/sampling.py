@@ -75,3 +75,16 @@ def _truncate(probs: np.ndarray, params: SamplingParams) -> np.ndarray:
         np.put_along_axis(drop, order, drop_sorted, axis=1)
         probs[drop] = 0
     return probs
+
+
+def token_logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """Log-probability of `token` under one row's raw logits (temperature 1, no truncation: the
+    model's own distribution), and the `top` most likely tokens with theirs, most likely first."""
+    shifted = logits.astype(np.float64) - float(logits.max())
+    log_total = float(np.log(np.exp(shifted).sum()))
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        idx = np.argpartition(-shifted, top - 1)[:top]
+        idx = idx[np.argsort(-shifted[idx], kind="stable")]
+        best = [(int(i), float(shifted[i] - log_total)) for i in idx]
+    return float(shifted[token] - log_total), best

@@ -16,6 +16,7 @@ from .eval import eval_command, report_command
 from .models import models_group
 from .options import describe_theta
 from .run import run_command
+from .serve import serve_command
 
 __all__ = ["cli", "main", "describe_theta"]
 
@@ -32,6 +33,7 @@ cli.add_command(eval_command, "eval")
 cli.add_command(report_command, "report")
 cli.add_command(calibrate_command, "calibrate")
 cli.add_command(models_group, "models")
+cli.add_command(serve_command, "serve")
 
 
 def main(argv=None):

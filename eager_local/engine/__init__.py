@@ -17,6 +17,8 @@ recycled. Read it in this order:
     sizing.py    how large a context a call needs and how many prompts run at once; the forecast
                  of how wide an EAGer prompt grows (admission)
     loop.py      StepLoop, one call: admit, decode, advance (entropy, branch, sample), fork, finish
+    groups.py    a step's rows grouped by their prompts' settings (per-request configs, budgets)
+    serving.py   ServingLoop, a server's loop: requests join (Inbox) and leave between steps
     state.py     what a call keeps per prompt (PromptRun) and per live sequence (Row); StepStats
 
 The branch rule itself (θ, cap M, window W, budget cut) is `eager_local/branching.py`: pure
@@ -26,7 +28,9 @@ functions over the rows of a step, shared with calibration's estimator.
 from __future__ import annotations
 
 from .engine import Engine
-from .request import Request, TokenCallback
+from .request import LogprobCallback, Request, TokenCallback
+from .serving import Inbox, InboxClosed, ServingLoop
 from .state import StepStats
 
-__all__ = ["Engine", "Request", "StepStats", "TokenCallback"]
+__all__ = ["Engine", "Inbox", "InboxClosed", "LogprobCallback", "Request", "ServingLoop", "StepStats",
+           "TokenCallback"]

@@ -24,6 +24,7 @@ from ..llama import Context, ContextSize, KVCacheFull, Model
 from . import sizing
 from .loop import StepLoop
 from .request import Request, TokenCallback
+from .serving import Inbox, ServingLoop
 from .state import StepStats
 
 
@@ -93,6 +94,23 @@ class Engine:
                 loop.abandon()
                 raise
             yield from loop.cancel()
+
+    def serving_loop(self, config: GenerationConfig, inbox: Inbox, *, prompt_tokens: int, slots: int,
+                     max_batch_rows: int | None = None) -> ServingLoop:
+        """A step loop for a server (`serving.py`), in a context sized once, here, for `slots`
+        prompts at once of up to `prompt_tokens` tokens, `config.max_sequences` sequences and
+        `config.max_new_tokens` tokens each (fewer prompts when memory is short: the loop's
+        `concurrent`). Requests arrive through `inbox`, each with a config within those caps.
+        max_batch_rows: the loop's row limit for admission (default: the engine's)."""
+        config.validate()
+        if self._pinned:
+            raise RuntimeError("release the kept sequences before serving")
+        rows = max_batch_rows or self.max_batch_rows
+        size, concurrent = sizing.plan_context(prompt_tokens, config, slots, cell_limit=self._cell_limit(),
+                                               max_batch_rows=rows)
+        ctx = self._ensure_context(size)
+        return ServingLoop(ctx, self.model, config, inbox, concurrent=concurrent, kept_ids=self._pinned,
+                           stats=self.stats, max_batch_rows=rows)
 
     def _check_prompt_lengths(self, requests: list[Request]) -> None:
         limit = self.model.n_ctx_train

@@ -37,7 +37,8 @@ from ..budget import TokenBudget
 from ..config import GenerationConfig
 from ..entropy import top_k_entropy, top_two_tokens
 from ..llama import Context, KVCacheFull, Model
-from ..sampling import sample_rows, sequence_rng
+from ..sampling import sample_rows, sequence_rng, token_logprobs
+from .groups import by_config, decide, entropy_key, sampling_key
 from .request import Request, TokenCallback
 from .sizing import RowForecast
 from .state import PromptRun, Row, StepStats, tree_settings
@@ -45,6 +46,9 @@ from .state import PromptRun, Row, StepStats, tree_settings
 
 class StepLoop:
     """One call's worth of generation state over a context the Engine sized for it.
+
+    Each prompt runs with its request's config when it has one (`Request.config`: a server's
+    requests differ in method, θ, M, length, seed and sampling), else with the call's `config`.
 
     kept_ids: the sequence ids the engine keeps alive for its caller; this call never hands them
     out, and with keep=True its finished sequences join them instead of being dropped.
@@ -67,15 +71,15 @@ class StepLoop:
         self.pending.reverse()  # pop() from the end = request order
         self.runs: list[PromptRun] = []
         self.rows: list[Row] = []
-        self.parallel = config.method == "parallel"
-        self.think_token = model.single_token(config.end_of_thinking) if config.end_of_thinking else None
+        self._think_tokens: dict[str | None, int | None] = {}
         # A min-heap: sequences take the lowest free ids, so the ids decoded together stay a
         # contiguous block (llama.cpp runs one micro-batch per run of consecutive ids).
         self.free_ids = [i for i in range(ctx.size.n_seq_max) if i not in kept_ids]
         for llama_id in self.free_ids:  # whatever an earlier, failed call left behind
             ctx.drop(llama_id)
         self.context_limit = model.n_ctx_train
-        self.forecast = RowForecast(max((r.max_sequences or config.max_sequences) for r in requests))
+        self.forecast = RowForecast(max((r.max_sequences or (r.config or config).max_sequences for r in requests),
+                                        default=config.max_sequences))
 
     # main loop ----------------------------------------------------------------------------------
     def run(self) -> Iterator[T.Tree]:
@@ -87,7 +91,7 @@ class StepLoop:
             yield from self._admit()
         # Budget ran out before these prompts got a turn: report them, empty.
         while self.pending:
-            yield self._empty_tree(self.pending.pop())
+            yield self._result(self.pending.pop(), None)
 
     # admit --------------------------------------------------------------------------------------
     def _admit(self) -> Iterator[T.Tree]:
@@ -99,25 +103,29 @@ class StepLoop:
         """
         while self.pending and len(self.runs) < self.concurrent and not self.budget.exhausted:
             request = self.pending.pop()
-            cap = request.max_sequences or self.config.max_sequences
-            batch_full = self.runs and self._reserved_rows() + self._expected_rows(cap) > self.max_batch_rows
+            config = request.config or self.config
+            cap = request.max_sequences or config.max_sequences
+            parallel = config.method == "parallel"
+            batch_full = self.runs and self._reserved_rows() + self._expected_rows(cap, parallel=parallel) > self.max_batch_rows
             if len(self.free_ids) - self._reserved_ids() < cap or batch_full:
                 self.pending.append(request)
                 break
             run = PromptRun(
                 request=request,
+                config=config,
                 tree=T.Tree(
                     prompt=request.text,
                     prompt_tokens=len(request.tokens),
-                    method=self.config.method,
+                    method=config.method,
                     index=request.index,
-                    settings=tree_settings(self.config, cap, request),
+                    settings=tree_settings(config, cap, request),
                 ),
                 cap=cap,
-                theta=self.config.theta if request.theta is None else request.theta,
+                theta=config.theta if request.theta is None else request.theta,
                 reserved=cap,
                 started_at=time.perf_counter(),
-                branching_open=not self.parallel,
+                branching_open=not parallel,
+                think_token=self._think_token(config),
             )
             llama_id = self._take_id(run)
             try:
@@ -128,21 +136,23 @@ class StepLoop:
                 self.pending.append(request)
                 if not self.runs:  # nothing will ever free space: report and move on
                     self.pending.pop()
-                    yield self._empty_tree(request)
+                    yield self._result(request, None)
                 return
             self.runs.append(run)
             root = self._new_row(run, parent=None, fork_at=0, tokens=[], llama_id=llama_id)
             root.fresh_logits = first_logits  # the prefill's sequence becomes the first row
-            if self.parallel:
+            if parallel:
                 for _ in range(cap - 1):
                     row = self._new_row(run, parent=None, fork_at=0, tokens=[], llama_id=self._take_id(run))
                     self.ctx.fork(root.llama_id, row.llama_id)
                     row.fresh_logits = first_logits
 
-    def _expected_rows(self, cap: int, run: PromptRun | None = None) -> float:
+    def _expected_rows(self, cap: int, run: PromptRun | None = None, *, parallel: bool = False) -> float:
         """Rows a prompt holds or is expected to hold: M for parallel, the forecast for EAGer
-        (a new prompt when `run` is None)."""
-        if self.parallel:
+        (a new prompt, of method `parallel` or not, when `run` is None)."""
+        if run is not None:
+            parallel = run.parallel
+        if parallel:
             return cap if run is None else run.live
         if run is not None and not run.branching_open:
             return run.live  # it will not grow any more
@@ -151,6 +161,12 @@ class StepLoop:
 
     def _reserved_rows(self) -> float:
         return sum(self._expected_rows(run.cap, run) for run in self.runs)
+
+    def _think_token(self, config: GenerationConfig) -> int | None:
+        marker = config.end_of_thinking
+        if marker not in self._think_tokens:
+            self._think_tokens[marker] = self.model.single_token(marker) if marker else None
+        return self._think_tokens[marker]
 
     def _prefill(self, run: PromptRun, llama_id: int) -> np.ndarray:
         """Decode the prompt into `llama_id` (after the part a kept sequence already holds); its last logits."""
@@ -195,8 +211,8 @@ class StepLoop:
         seq = T.Sequence(id=len(run.tree.sequences), parent=parent, fork_at=fork_at, tokens=tokens)
         seq.entropies = []
         run.tree.sequences.append(seq)
-        seed = self.config.seed if run.request.seed is None else run.request.seed
-        rng = sequence_rng(seed, run.request.index, run.n_created)
+        seed = run.config.seed if run.request.seed is None else run.request.seed
+        rng = sequence_rng(seed, run.request.index, run.request.first_sequence + run.n_created)
         run.n_created += 1
         run.live += 1
         run.peak_live = max(run.peak_live, run.live)
@@ -251,37 +267,40 @@ class StepLoop:
             yield from self._completed_runs()
             return
         entropies, computed = self._entropies(rows, logits)
-        thresholds = {id(run): run.threshold(self.config.dynamic_threshold) for run in self.runs}
+        thresholds = {id(run): run.threshold(run.config.dynamic_threshold) for run in self.runs}
         open_rows = np.fromiter((r.run.branching_open for r in rows), dtype=bool, count=n)
-        branching, cut = branching_rule.decide(
+        branching, cut = decide(
             np.where(open_rows, entropies, np.nan),  # NaN never branches
             np.fromiter((thresholds[id(r.run)] for r in rows), dtype=np.float64, count=n),
             np.fromiter((id(r.run) for r in rows), dtype=np.int64, count=n),
             {id(run): len(run.tree.sequences) for run in self.runs},
             {id(run): run.cap for run in self.runs},
             self.budget.remaining,
+            {id(run): run.budget_left for run in self.runs if run.request.budget is not None},
         )
 
         tokens = self._sample(rows, logits, ~branching & ~cut)
         branched_runs: set[int] = set()
-        children: list[Row] = []
+        children: list[tuple[Row, int]] = []  # each with its parent's row index
         for i in np.flatnonzero(branching):
             row = rows[i]
             top1, top2 = top_two_tokens(logits[i])
             tokens[i] = top1
-            children.append(self._fork(row, top2, float(entropies[i]), thresholds[id(row.run)], top1))
+            children.append((self._fork(row, top2, float(entropies[i]), thresholds[id(row.run)], top1), i))
             branched_runs.add(id(row.run))
 
-        if self.config.dynamic_threshold:
-            for i in np.flatnonzero(computed & open_rows):
+        for i in np.flatnonzero(computed & open_rows):
+            if rows[i].run.config.dynamic_threshold:
                 rows[i].run.entropy_history.append(float(entropies[i]))
 
         for i, row in enumerate(rows):
             if cut[i]:
                 self._finish(row, T.BUDGET)
             else:
+                self._report_logprobs(row, logits[i], int(tokens[i]))
                 self._append(row, int(tokens[i]), float(entropies[i]))
-        for child in children:  # its token (the top-2) was appended by _fork
+        for child, i in children:  # its token (the top-2) was appended by _fork
+            self._report_logprobs(child, logits[i], child.seq.tokens[-1])
             self._after_token(child)
 
         self._update_windows(branched_runs)
@@ -293,15 +312,14 @@ class StepLoop:
         never past the end of thinking; NaN elsewhere. Also returns where it was computed."""
         n = len(rows)
         entropies = np.full(n, np.nan)
-        record = self.config.record_entropies
         computed = np.fromiter(
-            ((record or r.run.branching_open) and not r.past_thinking for r in rows), dtype=bool, count=n
+            ((r.run.config.record_entropies or r.run.branching_open) and not r.past_thinking for r in rows),
+            dtype=bool, count=n,
         )
         if computed.any():
-            idx = np.flatnonzero(computed)
-            temperature = self.config.sampling.temperature if self.config.tempered_entropy else 1.0
-            subset = logits if len(idx) == n else logits[idx]  # no copy in the common case
-            entropies[idx] = top_k_entropy(subset, self.config.top_k_entropy, temperature or 1.0)
+            for (k, temperature), idx in by_config(rows, np.flatnonzero(computed), entropy_key):
+                subset = logits if len(idx) == n else logits[idx]  # no copy in the common case
+                entropies[idx] = top_k_entropy(subset, k, temperature or 1.0)
         return entropies, computed
 
     def _sample(self, rows: list[Row], logits: np.ndarray, sampled: np.ndarray) -> np.ndarray:
@@ -309,11 +327,18 @@ class StepLoop:
         n = len(rows)
         tokens = np.zeros(n, dtype=np.int64)
         if sampled.any():
-            idx = np.flatnonzero(sampled)
-            uniforms = np.fromiter((rows[i].rng.random() for i in idx), dtype=np.float64, count=len(idx))
-            subset = logits if len(idx) == n else logits[idx]
-            tokens[idx] = sample_rows(subset, uniforms, self.config.sampling)
+            for params, idx in by_config(rows, np.flatnonzero(sampled), sampling_key):
+                uniforms = np.fromiter((rows[i].rng.random() for i in idx), dtype=np.float64, count=len(idx))
+                subset = logits if len(idx) == n else logits[idx]
+                tokens[idx] = sample_rows(subset, uniforms, params)
         return tokens
+
+    def _report_logprobs(self, row: Row, logits: np.ndarray, token: int) -> None:
+        """The token's log-probability, for a request that asked for them (Request.on_logprobs)."""
+        request = row.run.request
+        if request.on_logprobs is not None:
+            logprob, top = token_logprobs(logits, token, request.top_logprobs)
+            request.on_logprobs(row.seq, token, logprob, top)
 
     def _update_windows(self, branched_runs: set[int]) -> None:
         """Count the step for every prompt; close branching where the window ran out or the cap is reached."""
@@ -322,7 +347,7 @@ class StepLoop:
             if not run.branching_open:
                 continue
             run.steps_since_branch = 0 if id(run) in branched_runs else run.steps_since_branch + 1
-            if (not branching_rule.window_open(run.steps_since_branch, self.config.branch_window)
+            if (not branching_rule.window_open(run.steps_since_branch, run.config.branch_window)
                     or not branching_rule.under_cap(len(run.tree.sequences), run.cap)):
                 run.branching_open = False
 
@@ -351,25 +376,29 @@ class StepLoop:
         child.seq.tokens.append(top2)
         child.seq.entropies.append(entropy)
         self.budget.spend(1)
+        run.spent += 1
         return child
 
     def _append(self, row: Row, token: int, entropy: float) -> None:
         row.seq.tokens.append(token)
         row.seq.entropies.append(entropy)
         self.budget.spend(1)
+        row.run.spent += 1
         self._after_token(row)
 
     # finish -------------------------------------------------------------------------------------
     def _after_token(self, row: Row) -> None:
         """Report the row's newest token and finish the row if that token ends it."""
         token = row.seq.tokens[-1]
+        run = row.run
         if self.on_token:
-            self.on_token(row.run.tree, row.seq, token)
-        if token == self.think_token:
+            self.on_token(run.tree, row.seq, token)
+        stopped = bool(run.request.on_token(run.tree, row.seq, token)) if run.request.on_token else False
+        if token == run.think_token:
             row.past_thinking = True
-        if self.model.is_eog(token) and not self.config.ignore_eos:
+        if stopped or (self.model.is_eog(token) and not run.config.ignore_eos):
             self._finish(row, T.STOP)
-        elif len(row.seq.tokens) >= self.config.max_new_tokens or row.position + 1 >= self.context_limit:
+        elif len(row.seq.tokens) >= run.config.max_new_tokens or row.position + 1 >= self.context_limit:
             self._finish(row, T.LENGTH)
         elif row.position >= self.ctx.cells_per_seq:  # its stream is full (streams under a tight memory limit)
             self._finish(row, T.KV_FULL)
@@ -391,9 +420,14 @@ class StepLoop:
         done = [run for run in self.runs if run.live == 0]
         for run in done:
             self.runs.remove(run)
-            if not self.parallel:
+            if not run.parallel:
                 self.forecast.observe(run.peak_live)
-            yield self._finalize(run)
+            yield self._result(run.request, self._finalize(run))
+
+    def _result(self, request: Request, tree: T.Tree | None):
+        """What the loop yields for a completed prompt: its tree (None: it never started, see
+        `_empty_tree`). A loop that serves many callers yields (request, tree) instead."""
+        return self._empty_tree(request) if tree is None else tree
 
     def _finalize(self, run: PromptRun) -> T.Tree:
         tree = run.tree
@@ -404,12 +438,13 @@ class StepLoop:
 
     def _empty_tree(self, request: Request) -> T.Tree:
         """The tree of a prompt that never started (no budget, or no room for its prompt)."""
+        config = request.config or self.config
         return T.Tree(
             prompt=request.text,
             prompt_tokens=len(request.tokens),
-            method=self.config.method,
+            method=config.method,
             index=request.index,
-            settings=tree_settings(self.config, request.max_sequences or self.config.max_sequences, request),
+            settings=tree_settings(config, request.max_sequences or config.max_sequences, request),
             started=False,
         )
 
@@ -426,3 +461,4 @@ class StepLoop:
         for row in self.rows:
             if row.seq.finish_reason is None:
                 self.ctx.drop(row.llama_id)
+

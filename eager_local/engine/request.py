@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import tree as T
+from ..config import GenerationConfig
 
 
 @dataclass
@@ -15,17 +16,37 @@ class Request:
     `tokens` is the full prompt. To continue a conversation already in the KV cache, name the
     llama sequence holding it (`prefix_seq`) and how many leading tokens of `tokens` it already
     holds (`reuse`): only the rest is decoded.
+
+    A request may carry a whole config of its own (`config`: method, θ, M, length, seed, sampling,
+    ...) instead of the call's, so prompts with different settings share one step loop (a server's
+    requests); the single overrides below still win over it. `on_token` watches this request's
+    tokens only, in addition to the call's callback. `on_logprobs`, when set, receives each of its
+    tokens' log-probability (log-softmax of the raw logits) and the `top_logprobs` most likely
+    tokens, just before `on_token` sees the token.
     """
 
     tokens: list[int]
     text: str = ""
     index: int = 0  # selects the random streams: same index and seed, same samples
+    # stream number of the request's first sample: a later wave of a prompt (first_sequence = k)
+    # draws the samples k, k+1, … that full parallel sampling of the prompt draws
+    first_sequence: int = 0
     max_sequences: int | None = None  # overrides the config's cap (reallocated EAGer runs)
     theta: float | None = None  # overrides the config's θ (full EAGer retries)
     seed: int | None = None  # overrides the config's seed (a calibration check runs a prompt with several)
+    budget: int | None = None  # cap on this prompt's generated tokens (#T), besides the call's budget
     prefix_seq: int | None = None
     reuse: int = 0
+    config: GenerationConfig | None = None  # this prompt's settings (default: the call's config)
+    on_token: TokenCallback | None = None
+    on_logprobs: LogprobCallback | None = None
+    top_logprobs: int = 0
 
 
-# Called after every token a sequence receives: (its prompt's tree, the sequence, the token).
-TokenCallback = Callable[[T.Tree, T.Sequence, int], None]
+# Called after every token a sequence receives: (its prompt's tree, the sequence, the token). A
+# callback that returns True ends that sequence there, with finish reason `stop` (a stop string).
+TokenCallback = Callable[[T.Tree, T.Sequence, int], "bool | None"]
+
+# Called with (the sequence, its new token, that token's log-probability, the top alternatives as
+# [(token, log-probability)], most likely first).
+LogprobCallback = Callable[[T.Sequence, int, float, "list[tuple[int, float]]"], None]

@@ -43,9 +43,11 @@ class StepStats:
 
 @dataclass
 class PromptRun:
-    """An admitted prompt: its tree so far, its cap and θ, and where its branch window stands."""
+    """An admitted prompt: its settings (its request's config, else the call's), its tree so far,
+    its cap and θ, and where its branch window stands."""
 
     request: Request
+    config: GenerationConfig
     tree: T.Tree
     cap: int
     theta: float
@@ -57,6 +59,17 @@ class PromptRun:
     peak_live: int = 0
     n_created: int = 0
     entropy_history: list[float] = field(default_factory=list)  # for the dynamic threshold
+    think_token: int | None = None  # the config's end-of-thinking token: no branching after it
+    spent: int = 0  # tokens generated for this prompt (#T so far)
+
+    @property
+    def budget_left(self) -> float:
+        """Tokens this prompt may still generate under its own budget (Request.budget)."""
+        return float("inf") if self.request.budget is None else max(0, self.request.budget - self.spent)
+
+    @property
+    def parallel(self) -> bool:
+        return self.config.method == "parallel"
 
     def threshold(self, dynamic: bool) -> float:
         return branching_rule.threshold(self.theta, self.entropy_history, dynamic)

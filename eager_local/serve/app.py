@@ -1,0 +1,233 @@
+"""The HTTP side: the OpenAI endpoints as a Starlette app (uvicorn runs it; cli/serve.py).
+
+    GET  /health                 liveness, the loop's capacity and how full it keeps its batches
+    GET  /v1/models              the one model served
+    POST /v1/chat/completions    messages → one choice per branch (streamed with "stream": true)
+    POST /v1/completions         a prompt → the same, as text completions
+
+Every refusal is an OpenAI error object with a 4xx status: a bad body (schema.py), a missing or
+wrong key (401), an unknown model (404), a body over `MAX_BODY` (413), an unknown route. A
+request's work happens on the engine's thread (scheduler.py); this side only parses, tokenizes,
+waits and writes. A client that disconnects, mid-stream or while waiting, cancels its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import secrets
+from contextlib import asynccontextmanager
+
+import anyio
+from jinja2 import TemplateError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..llama import LlamaError
+from .responses import FINISH, Reply
+from .scheduler import Job, Scheduler
+from .schema import ApiError, Ask, Limits, parse
+
+MAX_BODY = 1 << 20  # bytes of request body at most (a prompt this long does not fit a context anyway)
+DISCONNECT_POLL = 0.25  # seconds between checks that a waiting client is still there
+
+
+def create_app(scheduler: Scheduler, limits: Limits, *, api_key: str | None = None) -> Starlette:
+    """The app; its lifespan starts the scheduler's thread and stops it at shutdown."""
+    server = _Server(scheduler, limits, api_key)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        scheduler.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(scheduler.stop)
+
+    routes = [
+        Route("/health", server.health, methods=["GET"]),
+        Route("/v1/models", server.models, methods=["GET"]),
+        Route("/v1/chat/completions", server.chat, methods=["POST"]),
+        Route("/v1/completions", server.completions, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={ApiError: _api_error, HTTPException: _http_error})
+
+
+async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (no such route, wrong method) as OpenAI error objects."""
+    return await _api_error(request, ApiError(f"{error.detail}: {request.method} {request.url.path}",
+                                              status=error.status_code))
+
+
+def _sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class _Server:
+    def __init__(self, scheduler: Scheduler, limits: Limits, api_key: str | None):
+        self.scheduler = scheduler
+        self.limits = limits
+        self.api_key = api_key
+        self.model = scheduler.runner.model
+
+    # routes ---------------------------------------------------------------------------------------
+    async def health(self, request: Request) -> JSONResponse:
+        failed = self.scheduler.failure is not None
+        return JSONResponse({"status": "error" if failed else "ok", "model": self.limits.model,
+                             "slots": self.scheduler.concurrent, "max_sequences": self.limits.max_sequences,
+                             "engine": self.scheduler.stats.as_dict()}, status_code=500 if failed else 200)
+
+    async def models(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        return JSONResponse({"object": "list", "data": [
+            {"id": self.limits.model, "object": "model", "created": 0, "owned_by": "eager-local"}]})
+
+    async def chat(self, request: Request) -> Response:
+        return await self._complete(request, "chat")
+
+    async def completions(self, request: Request) -> Response:
+        return await self._complete(request, "completion")
+
+    # one request ----------------------------------------------------------------------------------
+    async def _complete(self, request: Request, kind: str) -> Response:
+        self._authorize(request)
+        ask = parse(await _read_json(request), kind, self.limits, seed=secrets.randbits(32))
+        tokens = self._tokens(ask)
+        job = Job(ask, tokens, ask.prompt if isinstance(ask.prompt, str) else "", asyncio.get_running_loop(),
+                  self.model)
+        reply = Reply(ask, self.limits.model, len(tokens), self.model)
+        self.scheduler.submit(job)
+        if ask.stream:
+            return StreamingResponse(self._stream(job, reply), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        tree = await self._wait(request, job)
+        if tree is None:  # the client left; nobody reads this
+            return Response(status_code=499)
+        if not tree.started:
+            raise ApiError("no room in the KV cache for this prompt now; retry later", status=503,
+                           kind="server_error")
+        return JSONResponse(reply.body(tree, job.logprobs))
+
+    def _authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise ApiError("Incorrect API key provided", status=401, code="invalid_api_key")
+
+    def _tokens(self, ask: Ask) -> list[int]:
+        """The prompt's token ids (chat: through the GGUF's chat template); 400 when too long."""
+        runner = self.scheduler.runner
+        if ask.kind == "chat":
+            messages = ask.prompt
+            if self.limits.system and not any(m["role"] == "system" for m in messages):
+                messages = [{"role": "system", "content": self.limits.system}] + messages
+            try:
+                tokens = runner.chat_tokens(messages)
+            # The template refuses these messages (its raise_exception raises ValueError), or there is none.
+            except (TemplateError, ValueError, LlamaError) as e:
+                raise ApiError(f"the model's chat template refused the messages: {e}", param="messages") from None
+        else:
+            tokens = self.model.tokenize(ask.prompt, add_special=True)
+        limit = min(self.limits.prompt_tokens, self.scheduler.cells_per_sequence - 1, self.model.n_ctx_train - 1)
+        if len(tokens) > limit:
+            raise ApiError(f"This server's maximum prompt length is {limit} tokens; the prompt has {len(tokens)}",
+                           param="messages" if ask.kind == "chat" else "prompt", code="context_length_exceeded")
+        return tokens
+
+    async def _wait(self, request: Request, job: Job):
+        """The job's tree, or None when the client disconnected first (the job is then cancelled)."""
+        getter = asyncio.ensure_future(job.queue.get())
+        try:
+            while True:
+                done, _ = await asyncio.wait({getter}, timeout=DISCONNECT_POLL)
+                if not done:
+                    if await request.is_disconnected():
+                        self.scheduler.cancel(job)
+                        return None
+                    continue
+                event = getter.result()
+                if event[0] == "done":
+                    return event[1]
+                if event[0] == "error":
+                    raise ApiError("the engine failed on this request", status=500, kind="server_error")
+                getter = asyncio.ensure_future(job.queue.get())
+        finally:
+            getter.cancel()
+
+    async def _stream(self, job: Job, reply: Reply):
+        """Server-sent events: the first branch as it grows (and, when the client chose n, every
+        branch as its own choice index), then each choice's finish, usage on request, the eager
+        object on the last chunk, and [DONE]."""
+        ask = job.ask
+        every_branch = ask.n_given
+        sent: dict[int, int] = {}  # characters sent per choice index
+        finished = False
+        try:
+            if reply.chat:
+                sent[0] = 0
+                yield _sse(reply.chunk(0, "", first=True))
+            while True:
+                event = await job.queue.get()
+                if event[0] == "delta":
+                    _, index, text = event
+                    if index == 0 or every_branch:
+                        first = index not in sent
+                        sent[index] = sent.get(index, 0) + len(text)
+                        yield _sse(reply.chunk(index, text, first=first))
+                    continue
+                finished = True
+                if event[0] == "error":
+                    yield _sse({"error": {"message": "the engine failed on this request", "type": "server_error",
+                                          "param": None, "code": None}})
+                    return
+                for chunk in self._closing_chunks(reply, event[1], sent, every_branch, job.logprobs):
+                    yield _sse(chunk)
+                yield _sse("[DONE]")
+                return
+        finally:
+            if not finished:  # the client went away mid-stream
+                self.scheduler.cancel(job)
+
+    @staticmethod
+    def _closing_chunks(reply: Reply, tree, sent: dict[int, int], every_branch: bool, logprobs) -> list[dict]:
+        texts = reply.texts(tree)
+        chunks = []
+        for seq, text in zip(tree.sequences, texts):
+            if seq.id != 0 and not every_branch:
+                continue
+            rest = text[sent.get(seq.id, 0):]
+            if rest or seq.id not in sent:
+                chunks.append(reply.chunk(seq.id, rest, first=seq.id not in sent))
+            chunks.append(reply.chunk(seq.id, finish=FINISH[seq.finish_reason],
+                                      logprobs=reply.logprobs(logprobs, seq.id)))
+        if reply.ask.include_usage or not chunks:
+            chunks.append(reply.usage_chunk(tree))
+        chunks[-1]["eager"] = reply.eager(tree, texts, with_texts=not every_branch)
+        return chunks
+
+
+async def _read_json(request: Request):
+    """The body as JSON, read at most MAX_BODY bytes far: 413 beyond, 400 when it is not JSON."""
+    length = request.headers.get("content-length", "")
+    too_big = ApiError(f"request body over {MAX_BODY} bytes", status=413, code="request_too_large")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise too_big
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_BODY:
+            raise too_big
+    try:
+        return json.loads(data)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ApiError(f"could not parse the JSON body: {e}") from None

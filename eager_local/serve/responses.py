@@ -1,0 +1,130 @@
+"""Trees → OpenAI response objects: completions, chat completions, their stream chunks, usage,
+and the `eager` object (the branches, where they forked and why, the voted answer).
+
+One choice per sequence of the tree, its index the sequence's id (0 is the first branch, the one
+a chat streams). `usage.completion_tokens` is the tree's #T: every generated token once, a prefix
+that branches share counted once, since the KV cache computed it once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from .. import tree as T
+from ..answers import extract_answer, tally
+from .schema import Ask, cut_at_stop
+
+# The engine's finish reasons in OpenAI's words: what ran out is "length" whatever the limit was
+# (the eager object keeps the engine's own reason).
+FINISH = {T.STOP: "stop", T.LENGTH: "length", T.BUDGET: "length", T.KV_FULL: "length", T.CANCELLED: "stop"}
+
+
+class Reply:
+    """What every object of one response shares: its id, creation time, model and kind."""
+
+    def __init__(self, ask: Ask, model: str, prompt_tokens: int, vocab=None):
+        self.ask = ask
+        self.model = model
+        self.vocab = vocab  # the llama Model: token texts for logprobs
+        self.prompt_tokens = prompt_tokens
+        self.chat = ask.kind == "chat"
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+
+    def _object(self, kind: str, choices: list[dict]) -> dict:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
+
+    # whole responses ------------------------------------------------------------------------------
+    def texts(self, tree: T.Tree) -> list[str]:
+        """Each sequence's text, cut where a stop string starts."""
+        return [cut_at_stop(seq.text, self.ask.stop) for seq in tree.sequences]
+
+    def body(self, tree: T.Tree, logprobs: dict[int, list] | None = None) -> dict:
+        texts = self.texts(tree)
+        choices = []
+        for seq, text in zip(tree.sequences, texts):
+            choice = {"index": seq.id, "finish_reason": FINISH[seq.finish_reason],
+                      "logprobs": self.logprobs(logprobs, seq.id)}
+            if self.chat:
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            choices.append(choice)
+        out = self._object("chat.completion" if self.chat else "text_completion", choices)
+        out["usage"] = self.usage(tree)
+        out["eager"] = self.eager(tree, texts)
+        return out
+
+    def usage(self, tree: T.Tree) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": tree.generated_tokens,
+                "total_tokens": self.prompt_tokens + tree.generated_tokens}
+
+    def eager(self, tree: T.Tree, texts: list[str], *, with_texts: bool = False) -> dict:
+        """The branching: settings, each branch (and its text when it is not a choice), each
+        branch event, and the vote over the branches' answers (answers.py)."""
+        answers = [extract_answer(text) for text in texts]
+        groups = tally(answers)
+        branches = []
+        for seq, text, answer in zip(tree.sequences, texts, answers):
+            branch = {"index": seq.id, "parent": seq.parent, "fork_at": seq.fork_at,
+                      "finish_reason": seq.finish_reason, "tokens": len(seq.tokens), "answer": answer}
+            if with_texts:
+                branch["text"] = text
+            branches.append(branch)
+        settings = tree.settings
+        return {
+            "method": tree.method,
+            "theta": settings.get("theta"),
+            "max_sequences": settings.get("max_sequences"),
+            "seed": settings.get("seed"),
+            "sequences": len(tree.sequences),
+            "branches": branches,
+            "events": [{"sequence": e.parent, "child": e.child, "at": e.step, "entropy": round(e.entropy, 4),
+                        "threshold": round(e.threshold, 4), "tokens": [e.top1_text, e.top2_text]}
+                       for e in tree.events],
+            "answer": groups[0][0] if groups else None,
+            "votes": len(groups[0]) if groups else 0,
+        }
+
+    def logprobs(self, logprobs: dict[int, list] | None, index: int) -> dict | None:
+        """A choice's logprobs in the endpoint's format (None when the request asked for none).
+        End-of-generation tokens are not part of the text and not listed."""
+        if self.ask.logprobs is None or logprobs is None:
+            return None
+        entries = [e for e in logprobs.get(index, []) if not self.vocab.is_eog(e[0])]
+        if self.chat:
+            return {"content": [dict(self._token(token, logprob), top_logprobs=[self._token(t, lp) for t, lp in top])
+                                for token, logprob, top in entries], "refusal": None}
+        texts = [self._text(token) for token, _, _ in entries]
+        offsets = [sum(len(t) for t in texts[:i]) for i in range(len(texts))]
+        return {"tokens": texts, "token_logprobs": [lp for _, lp, _ in entries],
+                "top_logprobs": [{self._text(t): lp for t, lp in top} for _, _, top in entries],
+                "text_offset": offsets}
+
+    def _text(self, token: int) -> str:
+        return self.vocab.piece(token).decode("utf-8", "replace")
+
+    def _token(self, token: int, logprob: float) -> dict:
+        return {"token": self._text(token), "logprob": logprob, "bytes": list(self.vocab.piece(token))}
+
+    # streaming ------------------------------------------------------------------------------------
+    def chunk(self, index: int, text: str | None = None, *, finish: str | None = None, first: bool = False,
+              logprobs: dict | None = None) -> dict:
+        """One stream chunk for one choice: new text, or (finish) its finish reason and, when asked
+        for, the choice's logprobs, all at once."""
+        if self.chat:
+            delta: dict = {}
+            if first:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            return self._object("chat.completion.chunk", [choice])
+        choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
+        return self._object("text_completion", [choice])
+
+    def usage_chunk(self, tree: T.Tree) -> dict:
+        out = self._object("chat.completion.chunk" if self.chat else "text_completion", [])
+        out["usage"] = self.usage(tree)
+        return out

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Load test for an OpenAI-compatible server: C concurrent clients × R requests each, on loopback.
+
+    # eager-local serve, started and stopped by this script (its options after --serve-args):
+    python scripts/load_serve.py --clients 32 --requests 4 --max-tokens 128 --serve-args "-M 8 --slots 16"
+    # llama.cpp's llama-server, started and stopped by this script (scripts/llama_server.py):
+    python scripts/load_serve.py --llama-server /path/to/llama-server --model model.gguf --slots 16 --threads 2
+    # any running server:
+    python scripts/load_serve.py --base-url http://127.0.0.1:8080/v1
+
+Every client sends its requests one after the other (POST /v1/chat/completions, not streamed), so
+C requests are in flight at once. The prompts are seeded arithmetic questions, the same for every
+server. At the end it prints one JSON document: requests sent, answered and failed, requests/s,
+p50/p95 latency, completion tokens (the server's `usage`: for eager-local #T, shared prefixes
+once) and aggregate tokens/s, and, for eager-local, its /health batch statistics. It checks that
+nothing was lost or duplicated: every request answered exactly once, every response id distinct.
+
+Benchmark code, not part of the package. Standard library only, so it drives any server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_server import LlamaServer, free_port  # noqa: E402  (scripts/llama_server.py)
+
+
+def prompts(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [f"What is {rng.randint(10, 99)} + {rng.randint(10, 99)}? Think step by step and put the final answer "
+            f"in \\boxed{{}}." for _ in range(count)]
+
+
+def post(url: str, body: dict, api_key: str | None, timeout: float) -> dict:
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def get(url: str, timeout: float = 5) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def run_load(base_url: str, args) -> dict:
+    texts = prompts(args.clients * args.requests, args.seed)
+    url = base_url.rstrip("/") + "/chat/completions"
+
+    def client(c: int) -> list[dict]:
+        results = []
+        for r in range(args.requests):
+            i = c * args.requests + r
+            body = {"model": args.model_name, "messages": [{"role": "user", "content": texts[i]}],
+                    "max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed + i}
+            if args.n is not None:
+                body["n"] = args.n
+            body.update(json.loads(args.extra) if args.extra else {})
+            start = time.perf_counter()
+            try:
+                data = post(url, body, args.api_key, args.timeout)
+                results.append({"request": i, "ok": True, "latency": time.perf_counter() - start, "id": data.get("id"),
+                                "tokens": int((data.get("usage") or {}).get("completion_tokens", 0)),
+                                "choices": len(data.get("choices", []))})
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                results.append({"request": i, "ok": False, "latency": time.perf_counter() - start, "error": str(e)})
+        return results
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.clients) as pool:
+        results = [r for batch in pool.map(client, range(args.clients)) for r in batch]
+    wall = time.perf_counter() - started
+    ok = [r for r in results if r["ok"]]
+    latencies = sorted(r["latency"] for r in ok)
+    tokens = sum(r["tokens"] for r in ok)
+    answered = sorted(r["request"] for r in results)
+    ids = [r["id"] for r in ok]
+    return {
+        "base_url": base_url,
+        "clients": args.clients,
+        "requests_per_client": args.requests,
+        "max_tokens": args.max_tokens,
+        "sent": len(texts),
+        "answered": len(ok),
+        "failed": len(results) - len(ok),
+        "errors": sorted({r["error"] for r in results if not r["ok"]})[:5],
+        "nothing_lost_or_duplicated": answered == list(range(len(texts))) and len(set(ids)) == len(ids) == len(ok),
+        "wall_time": round(wall, 3),
+        "requests_per_second": round(len(ok) / wall, 3) if wall else None,
+        "latency_p50": round(statistics.median(latencies), 3) if latencies else None,
+        "latency_p95": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 3) if latencies else None,
+        "completion_tokens": tokens,
+        "choices": sum(r["choices"] for r in ok),
+        "tokens_per_second": round(tokens / wall, 2) if wall else None,
+    }
+
+
+def wait_healthy(root: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with code {process.returncode} while starting")
+        health = get(root + "/health", timeout=2)
+        if health and health.get("status") == "ok":
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"the server did not become healthy within {timeout:.0f} s")
+
+
+def with_eager_local(args) -> dict:
+    port = free_port()
+    command = [sys.executable, "-m", "eager_local", "serve", "--host", "127.0.0.1", "--port", str(port),
+               *shlex.split(args.serve_args)]
+    if args.model:
+        command += ["--model", args.model]
+    env = dict(os.environ, **({"EAGER_LOCAL_API_KEY": args.api_key} if args.api_key else {}))
+    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+    root = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(root, process, args.startup_timeout)
+        models = get(root + "/v1/models") or {}
+        args.model_name = args.model_name or (models.get("data") or [{}])[0].get("id")
+        report = run_load(root + "/v1", args)
+        report["server"] = {"command": shlex.join(command[1:]), "health": get(root + "/health")}
+        return report
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=4, help="Requests per client, one after the other.")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.6)
+    parser.add_argument("--n", type=int, default=None, help="`n` of each request (default: the server's).")
+    parser.add_argument("--extra", default=None, help='Extra JSON fields per request, e.g. \'{"theta": 2.0}\'.')
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--model-name", default=None, help="`model` of each request (default: what /v1/models lists).")
+    parser.add_argument("--base-url", default=None, help="Drive this running server (its /v1 URL).")
+    parser.add_argument("--serve-args", default="", help="Options for the `eager-local serve` this script starts.")
+    parser.add_argument("--model", default=None, help="Model for the server this script starts (llama-server: a .gguf).")
+    parser.add_argument("--llama-server", default=None, help="Start this llama-server binary instead of eager-local.")
+    parser.add_argument("--slots", type=int, default=16, help="llama-server's -np.")
+    parser.add_argument("--threads", type=int, default=1, help="llama-server's -t.")
+    parser.add_argument("--n-ctx", type=int, default=16 * 1024, help="llama-server's -c (shared by its slots).")
+    parser.add_argument("--startup-timeout", type=float, default=300)
+    args = parser.parse_args(argv)
+    if args.base_url:
+        args.model_name = args.model_name or ((get(args.base_url.rstrip("/") + "/models") or {}).get("data")
+                                              or [{}])[0].get("id")
+        report = run_load(args.base_url, args)
+    elif args.llama_server:
+        if not args.model:
+            parser.error("--llama-server needs --model (a .gguf)")
+        with LlamaServer(args.llama_server, args.model, slots=args.slots, n_ctx=args.n_ctx,
+                         threads=args.threads) as server:
+            args.model_name = args.model_name or "default"
+            report = run_load(server.url + "/v1", args)
+            report["server"] = {"command": shlex.join(server.args)}
+    else:
+        report = with_eager_local(args)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
