@@ -35,16 +35,22 @@ SWEEP_OPTIONS = {
 
 
 def _eval_methods() -> str:
-    from ..eval.store import EVAL_METHODS
+    from ..eval.store import DEFAULT_EVAL_METHODS
 
-    return ",".join(EVAL_METHODS)
+    return ",".join(DEFAULT_EVAL_METHODS)
+
+
+def _stopping_default(name: str):
+    from ..eval import stopping
+
+    return getattr(stopping, name)
 
 
 @click.command("eval")
 @click.option("--dataset", "-d", required=True,
               help="gsm8k, math500, aime2024, aime2025, arith[:N[:SEED[:LEVELS]]], or a .jsonl file.")
 @click.option("--method", "methods", default=_eval_methods(), show_default=True,
-              help="Comma list of parallel, eager-init, eager-adapt, eager.")
+              help="Comma list of parallel, eager-init, eager-adapt, eager, adaptive-consistency, esc.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Run directory (runs/NAME).")
 @click.option("--limit", type=int, default=None, help="At most this many problems (after --offset).")
 @click.option("--offset", type=int, default=0, show_default=True, help="Skip this many problems first.")
@@ -59,10 +65,18 @@ def _eval_methods() -> str:
 @click.option("--prompt-template", default=None,
               help="Text around the problem, with {problem}; or @FILE. Default: reason step by step, answer in \\boxed{}.")
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bar on stderr.")
+@click.option("--ac-criterion", default=_stopping_default("DEFAULT_AC_CRITERION"), show_default=True,
+              help="adaptive-consistency: stopping criterion (beta: the paper's Beta criterion).")
+@click.option("--ac-threshold", type=float, default=_stopping_default("DEFAULT_AC_THRESHOLD"), show_default=True,
+              help="adaptive-consistency: stop a prompt once P(leading answer is the majority) reaches this; "
+                   "cap = -M.")
+@click.option("--esc-window", default=_stopping_default("DEFAULT_ESC_WINDOW"), show_default=True,
+              help="esc: window size w; a prompt stops at the first window whose answers all agree, after at "
+                   "most M // w windows. auto: 5, or M // 2 when two windows of 5 do not fit in M.")
 @generation_options(overrides=SWEEP_OPTIONS)
 @user_errors
 def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, problem_field, answer_field, id_field,
-                 answer_kind, prompt_template, progress, **opts):
+                 answer_kind, prompt_template, progress, ac_criterion, ac_threshold, esc_window, **opts):
     """Evaluate methods on a dataset; results are written as they arrive and a rerun resumes."""
     from .. import models
     from ..config import MAX_SEQUENCES
@@ -72,6 +86,7 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
     from ..eval.runner import Evaluation
     from ..eval.session import open_run_dir, session_info
     from ..eval.spec import EvalSpec
+    from ..eval.stopping import method_options
 
     method_list = parse_methods(methods)
     theta_specs = parse_theta_specs(opts["theta"])
@@ -81,6 +96,8 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
     calibrated = [t for t in theta_specs if not isinstance(t, float)]
     if calibrated and len(ms) > 1:
         raise ConfigError("--theta auto/qNN.N needs a single -M (the calibrated θ depends on it)")
+    if "auto" in calibrated and min(ms) < 2:
+        raise ConfigError("--theta auto needs --max-sequences 2 or more (one sequence never branches)")
     if targets is not None:
         check_target_sequences(targets, auto="auto" in calibrated)
     # Every point of the sweep is checked before anything loads (a calibrated θ is checked as config's default).
@@ -90,6 +107,7 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
             if "eager-adapt" in method_list and PER_PROMPT_CAP["eager-adapt"] * m > MAX_SEQUENCES:
                 raise ConfigError(f"eager-adapt gives a prompt up to 3M sequences: M={m} exceeds "
                                   f"{MAX_SEQUENCES // 3} (llama.cpp's limit is {MAX_SEQUENCES} sequences)")
+    rivals = method_options(method_list, ac_criterion, ac_threshold, esc_window, ms)
     # The options every point shares, as the manifest records them (a rerun must match them).
     generation = cli_settings(config, exclude=("method", "theta", "max_sequences"))
     check_session_options(opts)
@@ -131,6 +149,7 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
         budget=opts["budget"],
         generation=generation,
         model_sha256=sha,
+        rivals=rivals,
     )
     info = session_info(resolved.path, resolved.name, sha, opts["threads"])
     open_run_dir(out, spec, problems, info, calibration=calibration)
@@ -155,8 +174,9 @@ def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, da
 
     pool = calibration_pool(everything, evaluated)
     # An eval is long and its #S is what it measures: calibrating (when no profile exists yet) on
-    # more prompts, and checking each with several seeds, costs little next to it and makes θ
-    # transfer (calibration_prompts, check_seed_count).
+    # more prompts, and checking each with several seeds, makes θ transfer (calibration_prompts,
+    # check_seed_count). The check decodes about as many EAGer runs as the evaluation has prompts
+    # (at least one per calibration prompt), so it never costs much more than the EAGer-init pass.
     prompts = calibration_prompts(opts["max_new_tokens"], for_eval=True)
     thetas, infos = [], []
     for spec in specs:
@@ -166,7 +186,7 @@ def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, da
                 prompt_template=template, dataset_hint=dataset,
                 # texts as read with the user's field names (a user file), outside the evaluated selection
                 calibration_problems=[p.problem for p in pool], exclude={p.problem for p in evaluated},
-                calibrate_prompts=prompts, check_runs=EVAL_CHECK_RUNS)
+                calibrate_prompts=prompts, check_runs=min(EVAL_CHECK_RUNS, len(evaluated)))
             theta = round(theta, 3)
             thetas.append(theta)
             used = calibration_problems(info.pop("calibrated_on"), everything)
@@ -239,6 +259,8 @@ def read_ids(text: str) -> list[str]:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
             raise ConfigError(f"cannot read ids file {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"cannot read ids file {path}: not UTF-8 text") from None
         ids = [line.strip() for line in lines if line.strip()]
     else:
         ids = [x.strip() for x in text.split(",") if x.strip()]

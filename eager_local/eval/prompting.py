@@ -26,6 +26,8 @@ def load_template(value: str | None) -> str:
             value = path.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot read prompt template {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"cannot read prompt template {path}: not UTF-8 text") from None
     if PLACEHOLDER not in value:
         raise ConfigError("prompt template must contain {problem} (where the problem text goes)")
     return value

@@ -11,7 +11,8 @@ resumed run rebuilds its plan from these stored labels, so the plan stays the on
 written under even if the grader changed in between. The report never reads them.
 
 Full parallel sampling's records at a smaller M are derived from the records at the largest M
-(`derive_record`; spec.py says why that is exact).
+(`derive_record`; spec.py says why that is exact). Adaptive-Consistency's and ESC's per-prompt
+records merge the prompt's waves (`merge_waves`; waves.py).
 """
 
 from __future__ import annotations
@@ -107,24 +108,48 @@ def merge_records(point: Point, init: dict, extras: list[dict]) -> dict:
         for e in extra["events"]:
             events.append(dict(e, parent=e["parent"] + offset, child=e["child"] + offset, run=extra["round"]))
         runs.append({k: extra[k] for k in ("round", "cap", "theta", "#S", "#T")})
-    everything = [init] + extras
+    return {**_combined(point, [init] + extras, sequences, events, started=init["started"]), "runs": runs}
+
+
+def _combined(point: Point, parts: list[dict], sequences: list[dict], events: list[dict], *, started: bool) -> dict:
+    """A prompt's record made of several runs' records (`parts`, the first one's problem fields):
+    their sequences and events as given, their tokens, steps and wall time summed."""
     return {
-        **{k: init[k] for k in _PROBLEM_FIELDS},
+        **{k: parts[0][k] for k in _PROBLEM_FIELDS},
         "method": point.method,
         "theta": point.theta,
         "M": point.max_sequences,
         "sequences": sequences,
         "events": events,
         "entropy": _entropy_summary(sequences),
-        "#T": sum(r["#T"] for r in everything),
+        "#T": sum(r["#T"] for r in parts),
         "#S": len(sequences),
         "n_correct": sum(s["correct"] for s in sequences),
-        "steps": sum(r["steps"] for r in everything),
-        "wall_time": round(sum(r["wall_time"] for r in everything), 4),
-        "started": init["started"],
-        "cut_by_budget": any(r["cut_by_budget"] for r in everything),
+        "steps": sum(r["steps"] for r in parts),
+        "wall_time": round(sum(r["wall_time"] for r in parts), 4),
+        "started": started,
+        "cut_by_budget": any(r["cut_by_budget"] for r in parts),
         "finish_counts": _finish_counts(sequences),
-        "runs": runs,
+    }
+
+
+def merge_waves(point: Point, waves: list[dict], stopped_by: str) -> dict:
+    """A prompt's Adaptive-Consistency / ESC record: its waves' sequences in the order drawn.
+
+    Each wave is a small full-parallel-sampling run (no branches); its sequence ids are shifted past
+    the earlier waves' and `run` says which wave (its round) each came from. `waves` lists each
+    wave's round, first sample, size, #S, #T and the rule's verdict after it; `stopped_by` is
+    "rule", "cap" or "budget" (a wave drew nothing).
+    """
+    waves = sorted(waves, key=lambda r: r["round"])
+    sequences = []
+    for wave in waves:
+        offset = len(sequences)
+        sequences += [dict(s, id=s["id"] + offset, run=wave["round"]) for s in wave["sequences"]]
+    return {
+        **_combined(point, waves, sequences, [], started=any(w["started"] for w in waves)),
+        "waves": [{k: w[k] for k in ("round", "first_sample", "wave", "#S", "#T", "rule")} for w in waves],
+        "stopped_by": stopped_by,
     }
 
 

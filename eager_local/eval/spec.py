@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from . import store
 from .datasets import Problem
-from .store import ADAPT, FULL, INIT, PARALLEL, Point
+from .store import ADAPT, FULL, INIT, PARALLEL, WAVE_METHODS, Point
 
 
 @dataclass
@@ -41,8 +41,12 @@ class EvalSpec:
     budget: int | None
     generation: dict  # GenerationConfig keywords other than method, theta and max_sequences
     model_sha256: str
+    # Adaptive-Consistency's and ESC's options (stopping.method_options); None without them, and
+    # then absent from params, so run directories made before the rivals existed still resume.
+    rivals: dict | None = None
 
     def params(self) -> dict:
+        rivals = {} if self.rivals is None else {"rivals": self.rivals}
         return store.normalise(
             {
                 "dataset": self.dataset,
@@ -57,26 +61,29 @@ class EvalSpec:
                 "budget": self.budget,
                 "generation": self.generation,
                 "model_sha256": self.model_sha256,
+                **rivals,
             }
         )
 
     def points(self) -> list[Point]:
         """The points in the order they run: full parallel sampling (the curve, smallest M first),
-        then per -M value, per θ: EAGer-init, EAGer-adapt, full EAGer.
+        then per -M value, per θ: EAGer-init, EAGer-adapt, full EAGer; then per -M value the rivals
+        that sample in waves (Adaptive-Consistency, ESC), which have no θ.
 
         The first parallel point runs the decoded one (the largest M) before it is derived
         (runner.Evaluation.derive_point). EAGer-init runs for every (θ, M) that adapt or full EAGer
         needs, even if not asked for: both reuse its records and spend the sequences it saved.
         """
         points = [Point(PARALLEL, None, m) for m in self.parallel_sizes()]
-        if not any(m in (INIT, ADAPT, FULL) for m in self.methods):
-            return points
+        if any(m in (INIT, ADAPT, FULL) for m in self.methods):
+            for m in self.max_sequences:
+                for theta in self.thetas:
+                    points.append(Point(INIT, theta, m))
+                    for method in (ADAPT, FULL):
+                        if method in self.methods:
+                            points.append(Point(method, theta, m))
         for m in self.max_sequences:
-            for theta in self.thetas:
-                points.append(Point(INIT, theta, m))
-                for method in (ADAPT, FULL):
-                    if method in self.methods:
-                        points.append(Point(method, theta, m))
+            points += [Point(method, None, m) for method in WAVE_METHODS if method in self.methods]
         return points
 
     def parallel_sizes(self) -> list[int]:

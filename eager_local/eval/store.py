@@ -5,6 +5,8 @@
     runs/NAME/eager-init_theta2.4_M8.jsonl   one record per prompt
     runs/NAME/eager-adapt_theta2.4_M8.extra.jsonl   journal: one record per extra EAGer-init run
     runs/NAME/eager-adapt_theta2.4_M8.jsonl  one record per prompt (init + extra runs merged)
+    runs/NAME/esc_M8.waves.jsonl             journal: one record per wave (adaptive-consistency, esc)
+    runs/NAME/esc_M8.jsonl                   one record per prompt (its waves merged)
     runs/NAME/<point>.stats.json             wall time, peak memory, completeness
 
 Records are appended, flushed and fsync'ed one by one; a torn last line (a crash mid-write) is
@@ -19,13 +21,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EagerError
-from ..io import write_text_atomic
+from ..errors import DiskFullError, EagerError
+from ..io import disk_full_is_an_error, write_all, write_text_atomic
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 PARALLEL, INIT, ADAPT, FULL = "parallel", "eager-init", "eager-adapt", "eager"
-EVAL_METHODS = (PARALLEL, INIT, ADAPT, FULL)
+AC, ESC = "adaptive-consistency", "esc"  # the rivals that sample in waves (stopping.py)
+EVAL_METHODS = (PARALLEL, INIT, ADAPT, FULL, AC, ESC)
+DEFAULT_EVAL_METHODS = (PARALLEL, INIT, ADAPT, FULL)  # the paper's four; the rivals are asked for by name
+WAVE_METHODS = (AC, ESC)  # no θ: their point is (method, M)
 
 
 class ResultsError(EagerError):
@@ -38,7 +43,7 @@ def fmt_number(x: float) -> str:
 
 @dataclass(frozen=True)
 class Point:
-    """One (method, θ, M) of an evaluation. Full parallel sampling has no θ."""
+    """One (method, θ, M) of an evaluation. Full parallel sampling and the wave methods have no θ."""
 
     method: str
     theta: float | None
@@ -46,8 +51,8 @@ class Point:
 
     @property
     def name(self) -> str:
-        if self.method == PARALLEL:
-            return f"{PARALLEL}_M{self.max_sequences}"
+        if self.theta is None:
+            return f"{self.method}_M{self.max_sequences}"
         return f"{self.method}_theta{fmt_number(self.theta)}_M{self.max_sequences}"
 
     @property
@@ -57,6 +62,21 @@ class Point:
     @property
     def extra_file(self) -> str:
         return self.name + ".extra.jsonl"
+
+    @property
+    def waves_file(self) -> str:
+        return self.name + ".waves.jsonl"
+
+    @property
+    def generated_file(self) -> str:
+        """The file whose records hold the tokens this point generated (a journal, if it keeps one)."""
+        if self.reallocates:
+            return self.extra_file
+        return self.waves_file if self.samples_in_waves else self.records_file
+
+    @property
+    def samples_in_waves(self) -> bool:
+        return self.method in WAVE_METHODS
 
     @property
     def stats_file(self) -> str:
@@ -70,7 +90,8 @@ class Point:
         return Point(INIT, self.theta, self.max_sequences)
 
 
-_POINT_NAME = re.compile(r"^(parallel)_M(\d+)$|^(eager-init|eager-adapt|eager)_theta([0-9.eE+-]+)_M(\d+)$")
+_POINT_NAME = re.compile(r"^(parallel|adaptive-consistency|esc)_M(\d+)$"
+                         r"|^(eager-init|eager-adapt|eager)_theta([0-9.eE+-]+)_M(\d+)$")
 
 
 def parse_point(name: str) -> Point | None:
@@ -78,7 +99,7 @@ def parse_point(name: str) -> Point | None:
     if not m:
         return None
     if m.group(1):
-        return Point(PARALLEL, None, int(m.group(2)))
+        return Point(m.group(1), None, int(m.group(2)))
     return Point(m.group(3), float(m.group(4)), int(m.group(5)))
 
 
@@ -116,19 +137,32 @@ def read_records(path: Path, *, repair: bool = False) -> list[dict]:
 
 
 class RecordWriter:
-    """Append records to a JSONL file: one line each, flushed and fsync'ed before returning."""
+    """Append records to a JSONL file: one line each, written and fsync'ed before returning.
+
+    A full disk mid-record is DiskFullError, and the file is cut back to the records before it, so
+    a rerun (once there is space) resumes from them.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self._file = open(path, "a", encoding="utf-8")
+        with disk_full_is_an_error(path):
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def append(self, record: dict) -> None:
-        self._file.write(_line(record))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        data = _line(record).encode("utf-8")
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            with disk_full_is_an_error(self.path):
+                write_all(self._fd, data)
+                os.fsync(self._fd)
+        except DiskFullError:
+            os.ftruncate(self._fd, start)  # no torn line: the file ends with the last whole record
+            raise
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self):
         return self
