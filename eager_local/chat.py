@@ -149,7 +149,13 @@ class ChatUI:
             return lambda: input(prompt)
 
         def read_stdin():
-            line = sys.stdin.readline()
+            try:
+                line = sys.stdin.readline()
+                line.encode("utf-8")  # undecodable bytes arrive as surrogates where stdin escapes them
+            except UnicodeError:  # the whole input is suspect: stop here, one line, exit 2
+                raise ChatError("standard input is not valid UTF-8 text") from None
+            if "\0" in line:
+                raise ChatError("standard input is not text (a NUL byte in a line)")
             if not line:
                 raise EOFError
             return line.rstrip("\n")

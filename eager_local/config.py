@@ -89,6 +89,8 @@ class GenerationConfig:
             raise ConfigError(f"top-k-entropy must be >= 2, got {self.top_k_entropy}")
         if self.branch_window < 1:
             raise ConfigError(f"branch window must be >= 1 step, got {self.branch_window}")
+        if self.seed < 0:  # numpy's SeedSequence takes non-negative integers only
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         self.sampling.validate()
 
     def flat(self) -> dict:

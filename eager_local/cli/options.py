@@ -17,13 +17,16 @@ from dataclasses import fields
 import click
 
 from ..config import METHODS, GenerationConfig, default, make_config, option_fields, parse_theta_spec
-from ..errors import USER_ERRORS, ConfigError
+from ..errors import USER_ERRNOS, USER_ERRORS, ConfigError
 
 click.ClickException.exit_code = 2  # bad input exits 2, like click's own usage errors
 
+# ggml's limit on worker threads (GGML_MAX_N_THREADS in ggml.h); more crash llama.cpp.
+MAX_THREADS = 512
+
 
 def user_errors(func):
-    """Turn the errors a user causes (errors.USER_ERRORS) into one line on stderr and exit code 2.
+    """Turn the errors a user causes (errors.USER_ERRORS, USER_ERRNOS) into one line on stderr and exit code 2.
 
     Anything else is a bug and keeps its traceback.
     """
@@ -33,6 +36,10 @@ def user_errors(func):
         try:
             return func(*args, **kwargs)
         except USER_ERRORS as e:
+            raise click.ClickException(_one_line(e)) from None
+        except OSError as e:
+            if e.errno not in USER_ERRNOS:
+                raise
             raise click.ClickException(_one_line(e)) from None
 
     return wrapper
@@ -160,8 +167,8 @@ def cli_settings(config: GenerationConfig, *, exclude: tuple[str, ...] = ()) -> 
 
 def check_session_options(opts: dict) -> None:
     """--threads and --budget, checked before any model loads."""
-    if opts.get("threads") is not None and opts["threads"] < 1:
-        raise ConfigError(f"threads must be >= 1, got {opts['threads']}")
+    if opts.get("threads") is not None and not 1 <= opts["threads"] <= MAX_THREADS:
+        raise ConfigError(f"threads must be between 1 and {MAX_THREADS}, got {opts['threads']}")
     if opts.get("budget") is not None and opts["budget"] < 0:
         raise ConfigError(f"budget must be >= 0 tokens, got {opts['budget']}")
 
@@ -169,6 +176,8 @@ def check_session_options(opts: dict) -> None:
 def check_theta_options(opts: dict) -> None:
     """--theta and -S are checked before any model loads (one-line errors)."""
     kind, _ = parse_theta_spec(opts["theta"])
+    if kind == "auto" and opts.get("max_sequences", 2) < 2:
+        raise ConfigError("--theta auto needs --max-sequences 2 or more (one sequence never branches)")
     if opts.get("target_sequences") is not None:
         check_target_sequences([opts["target_sequences"]], auto=kind == "auto")
 

