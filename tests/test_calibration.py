@@ -402,6 +402,35 @@ def test_resolve_theta_auto_calibrates_then_reuses_and_recalibrates_when_stale(l
     assert C.resolve_theta("2.2", llm, tiny(llm)) == (2.2, {"spec": "2.2", "mode": "fixed", "theta": 2.2})
 
 
+def test_an_interrupted_check_keeps_the_recording(llm, home, monkeypatch):
+    """The traces are saved before the check runs: Ctrl-C in the check loses only the check, and the
+    next resolve_theta checks from the saved traces instead of recording them again."""
+    from eager_local.calibration import resolve as R
+
+    real_check = R.run_check
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(R, "run_check", interrupted)  # failure injection: Ctrl-C during the check
+    with pytest.raises(KeyboardInterrupt):
+        C.resolve_theta("auto", llm, tiny(llm), target_sequences=2, dataset_hint="arith:2:0", calibrate_prompts=2)
+    path = home / "profiles" / (C.model_sha256(llm)[:16] + ".json")
+    (entry,) = json.loads(path.read_text())["entries"].values()
+    assert len(entry["traces"]) == 2 and not entry.get("checks")
+
+    def no_recording(*args, **kwargs):
+        raise AssertionError("the saved traces should have been used")
+
+    monkeypatch.setattr(R, "run_check", real_check)
+    monkeypatch.setattr(R, "record_traces", no_recording)
+    theta, info = C.resolve_theta("auto", llm, tiny(llm), target_sequences=2, dataset_hint="arith:2:0",
+                                  calibrate_prompts=2)
+    assert not info["calibrated_now"] and info["target"] == 2
+    (entry,) = json.loads(path.read_text())["entries"].values()
+    assert entry["traces"] and [c["target"] for c in entry["checks"]] == [2] and theta == entry["checks"][0]["theta"]
+
+
 def test_recorded_traces_are_every_steps_entropy(llm):
     """The traces are what EAGer-init computes when it may branch at every step but cannot (θ above
     ln K, a window longer than the generation): the same runs' entropies, token for token."""

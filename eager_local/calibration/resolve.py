@@ -132,13 +132,20 @@ def calibrate(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         timing={"record_tokens": generated, "record_seconds": round(seconds, 1)},
     )
+    entry.timing["threads"] = llm.threads
+
+    def saved() -> Path | None:
+        entry.timing["total_seconds"] = round(time.perf_counter() - start, 1)
+        return save_entry(entry) if save else None
+
+    # Saved before the check too: the recording is the costly part, and a check that is
+    # interrupted is redone from the saved traces (resolve_theta checks a target it lacks).
+    path = saved()
     if check_target is not None and check_target >= 2 and config.max_sequences >= 2:
         check = run_check(entry, llm, tokens, config, min(check_target, config.max_sequences), log=log)
         entry.timing["check_tokens"] = sum(r["tokens"] for r in check["runs"])
         entry.timing["check_seconds"] = round(sum(r["seconds"] for r in check["runs"]), 1)
-    entry.timing["total_seconds"] = round(time.perf_counter() - start, 1)
-    entry.timing["threads"] = llm.threads
-    path = save_entry(entry) if save else None
+        path = saved()
     return entry, path
 
 
