@@ -31,6 +31,7 @@ from eager_local.eval.datasets import load_dataset, select
 from eager_local.eval.grading import is_correct
 from eager_local.eval.metrics import aggregate, paired_bootstrap, prompt_metrics
 from eager_local.eval.prompting import load_template, render
+from eager_local.eval.records import regrade
 from eager_local.io import write_json_atomic
 from llama_server import LlamaServer  # scripts/llama_server.py (python puts scripts/ on the path)
 
@@ -122,6 +123,8 @@ def summarise(args, problems, server_stats) -> str:
 
     rows = []
     for system, method, records, peak, wall, rows_per_step in systems:
+        # graded again from their texts, as `eager-local report` grades: a grader fix reaches old runs
+        records = [regrade(r) for r in records]  # each record carries its own kind
         per_prompt = [
             prompt_metrics([s["correct"] for s in r["sequences"]], [s["answer"] for s in r["sequences"]],
                            r["reference"], r["kind"], r["#T"])
