@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama_server import LlamaServer, free_port  # noqa: E402  (scripts/llama_server.py)
+from llama_server import LlamaServer, free_port, stop_process  # noqa: E402  (scripts/llama_server.py)
 
 
 def prompts(count: int, seed: int) -> list[str]:
@@ -142,12 +142,7 @@ def with_eager_local(args) -> dict:
         report["server"] = {"command": shlex.join(command[1:]), "health": get(root + "/health")}
         return report
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=30)
 
 
 def main(argv=None) -> None:

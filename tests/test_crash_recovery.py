@@ -135,10 +135,11 @@ def fake_model(size: int) -> bytes:
     return header + b"\0" * ((-len(header)) % 32) + random.Random(SEED).randbytes(floats * 4)
 
 
-class SlowServer:
-    """Serves one file over HTTP on 127.0.0.1, slowly (64 KiB every 10 ms), so a kill lands mid-download."""
+class FileServer:
+    """Serves one file over HTTP on 127.0.0.1, 64 KiB at a time with `chunk_delay` seconds between
+    chunks (slowly by default, so a kill lands mid-download)."""
 
-    def __init__(self, body: bytes):
+    def __init__(self, body: bytes, chunk_delay: float = 0.01):
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
                 self.send_response(200)
@@ -147,7 +148,7 @@ class SlowServer:
                 try:
                     for i in range(0, len(body), 65536):
                         self.wfile.write(body[i:i + 65536])
-                        time.sleep(0.01)
+                        time.sleep(chunk_delay)
                 except (BrokenPipeError, ConnectionResetError):  # the client was killed
                     pass
 
@@ -167,7 +168,7 @@ class SlowServer:
 
 def test_pull_killed_at_random_moments_never_shows_a_partial_model(tmp_path):
     body = fake_model(3 << 20)  # about 0.5 s to serve
-    server = SlowServer(body)
+    server = FileServer(body)
     env = dict(ENV, EAGER_LOCAL_HOME=str(tmp_path / "home"), no_proxy="127.0.0.1")
     final = tmp_path / "home" / "models" / "fake-model.gguf"
     rng = random.Random(SEED)

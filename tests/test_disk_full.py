@@ -10,12 +10,10 @@ partial file, and work again, resuming, once there is space.
 from __future__ import annotations
 
 import errno
-import http.server
 import io
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -143,28 +141,13 @@ def test_chat_save_keeps_the_old_file(tmp_path, monkeypatch, llm):
 
 
 def test_model_pull(tmp_path, monkeypatch):
-    from test_crash_recovery import fake_model  # a well-formed GGUF with seeded noise
+    from test_crash_recovery import FileServer, fake_model  # a well-formed GGUF with seeded noise
 
     body = fake_model(2 << 20)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = FileServer(body, chunk_delay=0)
     monkeypatch.setenv("EAGER_LOCAL_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("no_proxy", "127.0.0.1")
-    url = f"http://127.0.0.1:{server.server_address[1]}/fake-model.gguf"
+    url = server.url
     models = tmp_path / "home" / "models"
     try:
         disk = FullDisk(monkeypatch, "/home/models/", room=len(body) // 3)
@@ -174,8 +157,7 @@ def test_model_pull(tmp_path, monkeypatch):
         disk.free()
         result = invoke("models", "path", url)
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
     assert result.exit_code == 0, result.output
     assert (models / "fake-model.gguf").read_bytes() == body
 
