@@ -15,8 +15,8 @@ import click
 
 from ..config import default, parse_theta_spec
 from ..errors import ConfigError
-from .options import (check_session_options, check_target_sequences, cli_settings, config_from_options,
-                      generation_options, load_runner, resolve_theta_option, user_errors)
+from .options import (check_auto_theta_cap, check_session_options, check_target_sequences, cli_settings,
+                      config_from_options, generation_options, load_runner, resolve_theta_option, user_errors)
 
 # The three options whose eval form is a comma list (a sweep); every other one is run's.
 SWEEP_OPTIONS = {
@@ -96,8 +96,8 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
     calibrated = [t for t in theta_specs if not isinstance(t, float)]
     if calibrated and len(ms) > 1:
         raise ConfigError("--theta auto/qNN.N needs a single -M (the calibrated θ depends on it)")
-    if "auto" in calibrated and min(ms) < 2:
-        raise ConfigError("--theta auto needs --max-sequences 2 or more (one sequence never branches)")
+    if "auto" in calibrated:
+        check_auto_theta_cap(min(ms))
     if targets is not None:
         check_target_sequences(targets, auto="auto" in calibrated)
     # Every point of the sweep is checked before anything loads (a calibrated θ is checked as config's default).

@@ -173,11 +173,17 @@ def check_session_options(opts: dict) -> None:
         raise ConfigError(f"budget must be >= 0 tokens, got {opts['budget']}")
 
 
+def check_auto_theta_cap(max_sequences: int) -> None:
+    """--theta auto calibrates θ for a number of sequences: with a cap of one nothing can branch."""
+    if max_sequences < 2:
+        raise ConfigError("--theta auto needs --max-sequences 2 or more (one sequence never branches)")
+
+
 def check_theta_options(opts: dict) -> None:
     """--theta and -S are checked before any model loads (one-line errors)."""
     kind, _ = parse_theta_spec(opts["theta"])
-    if kind == "auto" and opts.get("max_sequences", 2) < 2:
-        raise ConfigError("--theta auto needs --max-sequences 2 or more (one sequence never branches)")
+    if kind == "auto":
+        check_auto_theta_cap(opts.get("max_sequences", 2))
     if opts.get("target_sequences") is not None:
         check_target_sequences([opts["target_sequences"]], auto=kind == "auto")
 
