@@ -18,28 +18,13 @@ from .llama import Model
 from .tree import Tree
 
 
-class EagerLocal:
-    """One model and its engine, loaded once; every front-end generates through these methods.
+class PromptBuilder:
+    """Prompts and configs from a loaded model's tokenizer, chat template and registry entry.
 
-    `generate` takes prompt texts and options by name; `stream` / `generate_requests` take
-    prepared requests (token ids, a conversation prefix already in the KV cache, per-request
-    seeds) and a GenerationConfig, for front-ends that build their own prompts.
+    Needs `self.model` (a Model, the weights optional) and `self.resolved` (models.resolve's
+    answer). EagerLocal generates in this process; a Ray evaluation's driver (cluster/runner.py)
+    only builds prompts here and generates in its actors, so both share these methods.
     """
-
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        threads: int | None = None,
-        n_gpu_layers: int = 0,
-        kv_memory: int | None = None,
-    ):
-        self.resolved = models.resolve(model)  # pulls the default model on first use; checks the GGUF
-        self.model = Model(self.resolved.path, n_gpu_layers=n_gpu_layers)
-        engine_kwargs = {"n_threads": threads}
-        if kv_memory:
-            engine_kwargs["kv_memory"] = kv_memory
-        self.engine = Engine(self.model, **engine_kwargs)
 
     @property
     def end_of_thinking(self) -> str | None:
@@ -65,6 +50,30 @@ class EagerLocal:
         """A GenerationConfig from keyword options (the same names as the CLI's, with underscores)."""
         options.setdefault("end_of_thinking", self.end_of_thinking)
         return make_config(**options)
+
+
+class EagerLocal(PromptBuilder):
+    """One model and its engine, loaded once; every front-end generates through these methods.
+
+    `generate` takes prompt texts and options by name; `stream` / `generate_requests` take
+    prepared requests (token ids, a conversation prefix already in the KV cache, per-request
+    seeds) and a GenerationConfig, for front-ends that build their own prompts.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        threads: int | None = None,
+        n_gpu_layers: int = 0,
+        kv_memory: int | None = None,
+    ):
+        self.resolved = models.resolve(model)  # pulls the default model on first use; checks the GGUF
+        self.model = Model(self.resolved.path, n_gpu_layers=n_gpu_layers)
+        engine_kwargs = {"n_threads": threads}
+        if kv_memory:
+            engine_kwargs["kv_memory"] = kv_memory
+        self.engine = Engine(self.model, **engine_kwargs)
 
     def stream(self, requests: list[Request], config: GenerationConfig, *, budget: TokenBudget | None = None,
                on_token=None, keep_sequences: bool = False, catch_interrupt: bool = False) -> Iterator[Tree]:

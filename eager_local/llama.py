@@ -141,13 +141,16 @@ def _extra_buffers_enabled() -> bool:
 class Model:
     """A loaded GGUF model: vocabulary, tokenizer, chat template, sizes."""
 
-    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0):
+    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0, vocab_only: bool = False):
+        """vocab_only: load the tokenizer and chat template without the weights (a process that only
+        builds prompts, such as the driver of a Ray evaluation, whose actors hold the weights)."""
         _init_backend()
         self.path = Path(path)
         self.n_gpu_layers = n_gpu_layers
         params = lc.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.use_extra_bufts = _extra_buffers_enabled()
+        params.vocab_only = vocab_only
         self._model = lc.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             detail = _last_error_line()

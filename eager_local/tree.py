@@ -17,7 +17,8 @@ LENGTH = "length"  # max_new_tokens (or the model's context) reached
 BUDGET = "budget"  # the session's token budget ran out
 KV_FULL = "kv_full"  # the KV cache had no room left
 CANCELLED = "cancelled"  # the user interrupted generation
-FINISH_REASONS = (STOP, LENGTH, BUDGET, KV_FULL, CANCELLED)
+LOW_CONFIDENCE = "low_confidence"  # a watcher ended it: its confidence fell below a threshold (DeepConf)
+FINISH_REASONS = (STOP, LENGTH, BUDGET, KV_FULL, CANCELLED, LOW_CONFIDENCE)
 
 
 @dataclass

@@ -2,20 +2,30 @@
 """Load test for an OpenAI-compatible server: C concurrent clients × R requests each, on loopback.
 
     # eager-local serve, started and stopped by this script (its options after --serve-args):
-    python scripts/load_serve.py --clients 32 --requests 4 --max-tokens 128 --serve-args "-M 8 --slots 16"
+    python scripts/load_serve.py --clients 32 --requests 4 --max-tokens 128 --model smollm2-135m \
+        --serve-args "-M 8 --slots 16"
     # llama.cpp's llama-server, started and stopped by this script (scripts/llama_server.py):
     python scripts/load_serve.py --llama-server /path/to/llama-server --model model.gguf --slots 16 --threads 2
-    # any running server:
-    python scripts/load_serve.py --base-url http://127.0.0.1:8080/v1
+    # any running server (--tokenizer: the server's model, a .gguf or a registry name, for the recount):
+    python scripts/load_serve.py --base-url http://127.0.0.1:8080/v1 --tokenizer model.gguf
 
 Every client sends its requests one after the other (POST /v1/chat/completions, not streamed), so
 C requests are in flight at once. The prompts are seeded arithmetic questions, the same for every
 server. At the end it prints one JSON document: requests sent, answered and failed, requests/s,
-p50/p95 latency, completion tokens (the server's `usage`: for eager-local #T, shared prefixes
-once) and aggregate tokens/s, and, for eager-local, its /health batch statistics. It checks that
-nothing was lost or duplicated: every request answered exactly once, every response id distinct.
+p50/p95 latency, completion tokens and aggregate tokens/s, and, for eager-local, its /health batch
+statistics. It checks that nothing was lost or duplicated: every request answered exactly once,
+every response id distinct.
 
-Benchmark code, not part of the package. Standard library only, so it drives any server.
+Completion tokens are recounted, the same way for every server: after the timed load, every
+choice's text is tokenized with the model's tokenizer and the counts summed. The servers' own
+`usage.completion_tokens` differ in what they count (eager-local: the tree's #T, a shared prefix
+once; llama-server: one choice only, whatever `n` is), so tokens/s comes from the recount; the
+`usage` sum is reported beside it as `usage_completion_tokens`. Prompt tokens are the servers'
+`usage` sums; `prompt_tokens_reused` is how many of them llama-server took from a slot's cache
+(its `timings.cache_n`; eager-local does not report it).
+
+Benchmark code, not part of the package. The load itself uses the standard library only; the
+recount loads the tokenizer through eager_local (vocabulary only, no weights).
 """
 
 from __future__ import annotations
@@ -79,7 +89,13 @@ def run_load(base_url: str, args) -> dict:
                 data = post(url, body, args.api_key, args.timeout)
                 results.append({"request": i, "ok": True, "latency": time.perf_counter() - start, "id": data.get("id"),
                                 "tokens": int((data.get("usage") or {}).get("completion_tokens", 0)),
-                                "choices": len(data.get("choices", []))})
+                                "prompt": int((data.get("usage") or {}).get("prompt_tokens", 0)),
+                                # llama-server only: prompt tokens taken from the slot's cache
+                                "reused": (data.get("timings") or {}).get("cache_n"),
+                                "texts": [choice_text(c) for c in data.get("choices", [])]})
+            except urllib.error.HTTPError as e:  # the server's reason, e.g. a field out of its range
+                results.append({"request": i, "ok": False, "latency": time.perf_counter() - start,
+                                "error": f"{e}: {e.read()[:300].decode('utf-8', 'replace')}"})
             except (urllib.error.URLError, OSError, ValueError) as e:
                 results.append({"request": i, "ok": False, "latency": time.perf_counter() - start, "error": str(e)})
         return results
@@ -91,6 +107,8 @@ def run_load(base_url: str, args) -> dict:
     ok = [r for r in results if r["ok"]]
     latencies = sorted(r["latency"] for r in ok)
     tokens = sum(r["tokens"] for r in ok)
+    reused = [r["reused"] for r in ok if r["reused"] is not None]
+    recounted = recount_tokens([t for r in ok for t in r["texts"]], args.tokenizer)
     answered = sorted(r["request"] for r in results)
     ids = [r["id"] for r in ok]
     return {
@@ -107,10 +125,30 @@ def run_load(base_url: str, args) -> dict:
         "requests_per_second": round(len(ok) / wall, 3) if wall else None,
         "latency_p50": round(statistics.median(latencies), 3) if latencies else None,
         "latency_p95": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 3) if latencies else None,
-        "completion_tokens": tokens,
-        "choices": sum(r["choices"] for r in ok),
-        "tokens_per_second": round(tokens / wall, 2) if wall else None,
+        "prompt_tokens": sum(r["prompt"] for r in ok),
+        "prompt_tokens_reused": sum(reused) if reused else None,
+        "usage_completion_tokens": tokens,
+        "choices": sum(len(r["texts"]) for r in ok),
+        "completion_tokens": recounted,
+        "tokens_per_second": round(recounted / wall, 2) if wall else None,
     }
+
+
+def choice_text(choice: dict) -> str:
+    """A choice's generated text: a chat message's reasoning and content, or a completion's text."""
+    message = choice.get("message")
+    if message is None:
+        return choice.get("text") or ""
+    return (message.get("reasoning_content") or "") + (message.get("content") or "")
+
+
+def recount_tokens(texts: list[str], tokenizer: str) -> int:
+    """Completion tokens of all choices, each text tokenized by the model's tokenizer (no BOS)."""
+    from eager_local.llama import Model
+    from eager_local.models import resolve
+
+    vocab = Model(resolve(tokenizer, progress=False).path, vocab_only=True)
+    return sum(len(vocab.tokenize(text, add_special=False)) for text in texts)
 
 
 def wait_healthy(root: str, process: subprocess.Popen, timeout: float) -> None:
@@ -164,8 +202,16 @@ def main(argv=None) -> None:
     parser.add_argument("--slots", type=int, default=16, help="llama-server's -np.")
     parser.add_argument("--threads", type=int, default=1, help="llama-server's -t.")
     parser.add_argument("--n-ctx", type=int, default=16 * 1024, help="llama-server's -c (shared by its slots).")
+    parser.add_argument("--no-repack", action=argparse.BooleanOptionalAction, default=None,
+                        help="Pass --no-repack to llama-server (default: when eager_local keeps llama.cpp's "
+                             "extra weight buffers off, i.e. on CPUs that report AMX).")
+    parser.add_argument("--tokenizer", default=None,
+                        help="Model whose tokenizer recounts the completion tokens (default: --model).")
     parser.add_argument("--startup-timeout", type=float, default=300)
     args = parser.parse_args(argv)
+    args.tokenizer = args.tokenizer or args.model
+    if not args.tokenizer:
+        parser.error("the token recount needs --model or --tokenizer (the server's model)")
     if args.base_url:
         args.model_name = args.model_name or ((get(args.base_url.rstrip("/") + "/models") or {}).get("data")
                                               or [{}])[0].get("id")
@@ -173,8 +219,12 @@ def main(argv=None) -> None:
     elif args.llama_server:
         if not args.model:
             parser.error("--llama-server needs --model (a .gguf)")
-        with LlamaServer(args.llama_server, args.model, slots=args.slots, n_ctx=args.n_ctx,
-                         threads=args.threads) as server:
+        if args.no_repack is None:
+            from eager_local.llama import _extra_buffers_enabled
+
+            args.no_repack = not _extra_buffers_enabled()
+        with LlamaServer(args.llama_server, args.model, slots=args.slots, n_ctx=args.n_ctx, threads=args.threads,
+                         extra_args=["--no-repack"] if args.no_repack else None) as server:
             args.model_name = args.model_name or "default"
             report = run_load(server.url + "/v1", args)
             report["server"] = {"command": shlex.join(server.args)}

@@ -27,10 +27,10 @@ functions over the rows of a step, shared with calibration's estimator.
 
 from __future__ import annotations
 
-from .engine import Engine
+from .engine import Engine, check_prompt_lengths
 from .request import LogprobCallback, Request, TokenCallback
 from .serving import Inbox, InboxClosed, ServingLoop
 from .state import StepStats
 
-__all__ = ["Engine", "Inbox", "InboxClosed", "LogprobCallback", "Request", "ServingLoop", "StepStats",
+__all__ = ["Engine", "check_prompt_lengths", "Inbox", "InboxClosed", "LogprobCallback", "Request", "ServingLoop", "StepStats",
            "TokenCallback"]

@@ -72,7 +72,7 @@ class Engine:
         budget = budget or TokenBudget()
         if not requests:
             return
-        self._check_prompt_lengths(requests)
+        check_prompt_lengths(requests, self.model.n_ctx_train)
         # Size for the largest per-request cap (reallocated runs override M), or it would never fit.
         biggest_cap = max(r.max_sequences or config.max_sequences for r in requests)
         check_max_sequences(biggest_cap)
@@ -111,16 +111,6 @@ class Engine:
         ctx = self._ensure_context(size)
         return ServingLoop(ctx, self.model, config, inbox, concurrent=concurrent, kept_ids=self._pinned,
                            stats=self.stats, max_batch_rows=rows)
-
-    def _check_prompt_lengths(self, requests: list[Request]) -> None:
-        limit = self.model.n_ctx_train
-        for r in requests:
-            if not r.tokens:
-                raise ConfigError("empty prompt")
-            if len(r.tokens) >= limit:
-                raise ConfigError(
-                    f"prompt of {len(r.tokens)} tokens does not fit the model's context of {limit} tokens"
-                )
 
     # the context --------------------------------------------------------------------------------
     def _cell_limit(self) -> int:
@@ -181,3 +171,12 @@ class Engine:
             if candidate not in self._pinned:
                 return candidate
         raise KVCacheFull("no free sequence id to restore into")
+
+
+def check_prompt_lengths(requests: list[Request], limit: int) -> None:
+    """Refuse an empty prompt, or one that does not fit the model's training context of `limit` tokens."""
+    for r in requests:
+        if not r.tokens:
+            raise ConfigError("empty prompt")
+        if len(r.tokens) >= limit:
+            raise ConfigError(f"prompt of {len(r.tokens)} tokens does not fit the model's context of {limit} tokens")

@@ -393,10 +393,12 @@ class StepLoop:
         run = row.run
         if self.on_token:
             self.on_token(run.tree, row.seq, token)
-        stopped = bool(run.request.on_token(run.tree, row.seq, token)) if run.request.on_token else False
+        stopped = run.request.on_token(run.tree, row.seq, token) if run.request.on_token else None
         if token == run.think_token:
             row.past_thinking = True
-        if stopped or (self.model.is_eog(token) and not run.config.ignore_eos):
+        if stopped:  # True: a stop string; a finish reason: the callback's own (Request's TokenCallback)
+            self._finish(row, stopped if isinstance(stopped, str) else T.STOP)
+        elif self.model.is_eog(token) and not run.config.ignore_eos:
             self._finish(row, T.STOP)
         elif len(row.seq.tokens) >= run.config.max_new_tokens or row.position + 1 >= self.context_limit:
             self._finish(row, T.LENGTH)

@@ -44,8 +44,9 @@ class Request:
 
 
 # Called after every token a sequence receives: (its prompt's tree, the sequence, the token). A
-# callback that returns True ends that sequence there, with finish reason `stop` (a stop string).
-TokenCallback = Callable[[T.Tree, T.Sequence, int], "bool | None"]
+# callback that returns True ends that sequence there, with finish reason `stop` (a stop string);
+# one that returns a finish reason of tree.py (e.g. `low_confidence`) ends it with that reason.
+TokenCallback = Callable[[T.Tree, T.Sequence, int], "bool | str | None"]
 
 # Called with (the sequence, its new token, that token's log-probability, the top alternatives as
 # [(token, log-probability)], most likely first).

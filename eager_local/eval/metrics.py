@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from typing import Iterable, Sequence
 
+from .confidence import weighted_majority
 from .grading import is_correct, majority_answer
 
 __all__ = ["pass_at_k_unbiased", "prompt_metrics", "aggregate", "MEAN_KEYS"]
@@ -49,6 +50,7 @@ def prompt_metrics(
     reference: str,
     kind: str,
     tokens: int,
+    weights: Sequence[float | None] | None = None,
 ) -> dict:
     """Metrics of one prompt from its sequences' grades and extracted answers.
 
@@ -56,12 +58,15 @@ def prompt_metrics(
     the unbiased pass@1), pass@k (1.0 if any sequence is correct, k = the n actually drawn),
     cons@k (1.0 if the majority answer is correct), PR (c/n), #T (generated tokens, given by
     the caller) and #S (= n), plus the majority answer itself for reports.
+
+    With `weights` (DeepConf: each sequence's vote weight, None where it does not vote) cons@k is
+    the weighted vote instead (confidence.weighted_majority).
     """
     if len(correct) != len(answers):
         raise ValueError(f"got {len(correct)} grades but {len(answers)} answers")
     n = len(correct)
     c = sum(1 for flag in correct if flag)
-    majority = majority_answer(list(answers), kind)
+    majority = majority_answer(list(answers), kind) if weights is None else weighted_majority(answers, weights)
     pass_rate = c / n if n else 0.0
     return {
         "n": n,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from ..errors import EagerError
 from . import store
+from .confidence import vote_weights
+from .deepconf import describe as describe_deepconf
 from .metrics import aggregate, prompt_metrics
 from .records import regrade
 from .stopping import DEFAULT_ESC_WINDOW, default_window
@@ -194,11 +196,15 @@ def _fill(group: Group) -> None:
 
 
 def _prompt_metrics(record: dict) -> dict:
-    """The metrics of a graded record (see regrade)."""
+    """The metrics of a graded record (see regrade); DeepConf's cons@k is its confidence-weighted vote
+    over the sequences at or above the prompt's threshold (confidence.py)."""
     seqs = record["sequences"]
+    weights = None
+    if record.get("method") in store.DEEPCONF_METHODS:
+        weights = vote_weights([s.get("min_conf") for s in seqs], record.get("threshold"))
     return prompt_metrics(
         [bool(s.get("correct")) for s in seqs], [s.get("answer") for s in seqs], record["reference"], record["kind"],
-        record["#T"]
+        record["#T"], weights
     )
 
 
@@ -249,11 +255,19 @@ def _notes(group: Group) -> list[str]:
 
 
 def rival_notes(group: Group) -> list[str]:
-    """How Adaptive-Consistency and ESC ran (their rules and how their prompts stopped)."""
+    """How Adaptive-Consistency, ESC and DeepConf ran (their rules and how their prompts stopped)."""
     options = group.params.get("rivals") or {}
     notes = []
     for row in group.rows:
         if row["method"] not in options:
+            continue
+        if row["method"] in store.DEEPCONF_METHODS:
+            rule = describe_deepconf(row["method"], options, row["M"], group.params["generation"]["max_new_tokens"])
+            records = group.records.get(row["point"], {}).values()
+            stopped = sum((r.get("deepconf") or {}).get("stopped", 0) for r in records)
+            voters = sum((r.get("deepconf") or {}).get("voters", 0) for r in records)
+            notes.append(f"{row['point']}: {rule}; {stopped} sample(s) stopped for low confidence, {voters} voted "
+                         "(cons@k: confidence-weighted vote)")
             continue
         how = options[row["method"]]
         if row["method"] == store.AC:
@@ -387,8 +401,8 @@ def _group_labels(groups: list[Group]) -> list[str]:
 
 
 def plot(groups: list[Group], path: Path) -> None:
-    """pass@k against generated tokens per prompt: full parallel sampling, Adaptive-Consistency and
-    ESC one curve each over M; each EAGer method one curve per θ over M when several M were run,
+    """pass@k against generated tokens per prompt: full parallel sampling, Adaptive-Consistency,
+    ESC and DeepConf one curve each over M; each EAGer method one curve per θ over M when several M were run,
     else one curve over θ."""
     try:
         import matplotlib
@@ -397,7 +411,8 @@ def plot(groups: list[Group], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise EagerError("--plot needs matplotlib: pip install 'eager-local[plot]'") from None
-    markers = {"parallel": "s", "eager-init": "o", "eager-adapt": "^", "eager": "D", store.AC: "v", store.ESC: "P"}
+    markers = {"parallel": "s", "eager-init": "o", "eager-adapt": "^", "eager": "D", store.AC: "v", store.ESC: "P",
+               store.DC_LOW: "<", store.DC_HIGH: ">"}
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     group_labels = _group_labels(groups)
     for gi, group in enumerate(groups):

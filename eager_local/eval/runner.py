@@ -261,6 +261,7 @@ class _Progress:
         self.sequences = 0
         self.tokens = 0
         self._since_refresh = 0
+        self._watched = False
         self._last_draw = time.monotonic()
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
                         disable=not enabled, dynamic_ncols=True, mininterval=0.5, leave=True)
@@ -273,6 +274,7 @@ class _Progress:
         self.bar.set_postfix(post, refresh=False)
 
     def on_token(self, tree, seq, token) -> None:
+        self._watched = True
         self.tokens += 1
         self._since_refresh += 1
         if self._since_refresh >= 64:  # a clock read every 64 tokens, a redraw at most twice a second
@@ -285,6 +287,8 @@ class _Progress:
 
     def prompt_done(self, record: dict) -> None:
         self.sequences += record["#S"]
+        if not self._watched:  # a runner that does not report tokens one by one (Ray): count them here
+            self.tokens += record["#T"]
         self._postfix()
         self.bar.update(1)
 

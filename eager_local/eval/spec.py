@@ -41,8 +41,9 @@ class EvalSpec:
     budget: int | None
     generation: dict  # GenerationConfig keywords other than method, theta and max_sequences
     model_sha256: str
-    # Adaptive-Consistency's and ESC's options (stopping.method_options); None without them, and
-    # then absent from params, so run directories made before the rivals existed still resume.
+    # Adaptive-Consistency's, ESC's and DeepConf's options (stopping.method_options,
+    # deepconf.method_options); None without them, and then absent from params, so run directories
+    # made before the rivals existed still resume.
     rivals: dict | None = None
 
     def params(self) -> dict:
@@ -68,7 +69,7 @@ class EvalSpec:
     def points(self) -> list[Point]:
         """The points in the order they run: full parallel sampling (the curve, smallest M first),
         then per -M value, per θ: EAGer-init, EAGer-adapt, full EAGer; then per -M value the rivals
-        that sample in waves (Adaptive-Consistency, ESC), which have no θ.
+        that sample in waves (Adaptive-Consistency, ESC, DeepConf), which have no θ.
 
         The first parallel point runs the decoded one (the largest M) before it is derived
         (runner.Evaluation.derive_point). EAGer-init runs for every (θ, M) that adapt or full EAGer

@@ -7,6 +7,7 @@
     runs/NAME/eager-adapt_theta2.4_M8.jsonl  one record per prompt (init + extra runs merged)
     runs/NAME/esc_M8.waves.jsonl             journal: one record per wave (adaptive-consistency, esc)
     runs/NAME/esc_M8.jsonl                   one record per prompt (its waves merged)
+    runs/NAME/deepconf-low_M8.waves.jsonl    journal: warm-up and final wave, with per-token confidences
     runs/NAME/<point>.stats.json             wall time, peak memory, completeness
 
 Records are appended, flushed and fsync'ed one by one; a torn last line (a crash mid-write) is
@@ -28,9 +29,11 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 PARALLEL, INIT, ADAPT, FULL = "parallel", "eager-init", "eager-adapt", "eager"
 AC, ESC = "adaptive-consistency", "esc"  # the rivals that sample in waves (stopping.py)
-EVAL_METHODS = (PARALLEL, INIT, ADAPT, FULL, AC, ESC)
+DC_LOW, DC_HIGH = "deepconf-low", "deepconf-high"  # DeepConf-online: a warm-up wave, then a watched one (deepconf.py)
+DEEPCONF_METHODS = (DC_LOW, DC_HIGH)
+EVAL_METHODS = (PARALLEL, INIT, ADAPT, FULL, AC, ESC, DC_LOW, DC_HIGH)
 DEFAULT_EVAL_METHODS = (PARALLEL, INIT, ADAPT, FULL)  # the paper's four; the rivals are asked for by name
-WAVE_METHODS = (AC, ESC)  # no θ: their point is (method, M)
+WAVE_METHODS = (AC, ESC, DC_LOW, DC_HIGH)  # no θ: their point is (method, M)
 
 
 class ResultsError(EagerError):
@@ -90,7 +93,7 @@ class Point:
         return Point(INIT, self.theta, self.max_sequences)
 
 
-_POINT_NAME = re.compile(r"^(parallel|adaptive-consistency|esc)_M(\d+)$"
+_POINT_NAME = re.compile(r"^(parallel|adaptive-consistency|esc|deepconf-low|deepconf-high)_M(\d+)$"
                          r"|^(eager-init|eager-adapt|eager)_theta([0-9.eE+-]+)_M(\d+)$")
 
 

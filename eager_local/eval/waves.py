@@ -1,4 +1,4 @@
-"""Adaptive-Consistency and ESC in an evaluation: rounds of waves, batched across prompts.
+"""Adaptive-Consistency, ESC and DeepConf in an evaluation: rounds of waves, batched across prompts.
 
 Each round, every prompt whose rule has not stopped it asks for its next wave (stopping.WaveRule:
 ESC's window; Adaptive-Consistency's fewest samples after which its rule could fire), and all those
@@ -7,6 +7,8 @@ its size, so the engine decodes the waves of many prompts in one batch, as it do
 and EAGer-init. When the round's trees are in, each prompt's rule looks at every answer it has
 (answers as extracted when the wave's record was written, eager_local/answers.py) and stops it or
 not; a prompt also stops at the cap (-M) or when a wave drew nothing (token budget gone).
+DeepConf (deepconf.py) asks for a warm-up wave and then the rest of M, and watches each wave's
+tokens (`DeepConfRule.watch`: confidences, and in the final wave the per-sample early stop).
 
 Every wave is logged as its own record in a journal (`<point>.waves.jsonl`, appended, fsync'ed) as
 soon as its tree completes; the per-prompt records (waves merged, records.merge_waves) are rebuilt
@@ -21,15 +23,16 @@ sampling at M ≥ #S, and both rivals draw the same samples: every comparison am
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..config import default
 from ..engine import Request
 from . import store
+from .deepconf import DeepConfRule, make_deepconf_rule
 from .records import make_record, merge_waves
 from .session import PointStats
 from .stopping import WaveRule, make_rule
-from .store import PARALLEL, Point, ResultsError
+from .store import DEEPCONF_METHODS, PARALLEL, Point, ResultsError
 
 @dataclass
 class _Prompt:
@@ -48,14 +51,18 @@ class _Wave:
 
 
 def run_wave_point(ev, point: Point) -> None:
-    """Run (or resume, or find complete) an Adaptive-Consistency or ESC point of Evaluation `ev`."""
+    """Run (or resume, or find complete) an Adaptive-Consistency, ESC or DeepConf point of Evaluation `ev`."""
     records_path = ev.out / point.records_file
     journal_path = ev.out / point.waves_file
     ids = [p.id for p in ev.problems]
     done = [r["id"] for r in store.read_records(records_path)]
     if sorted(done) == sorted(ids) and (store.read_json(ev.out / point.stats_file) or {}).get("complete"):
         return
-    rule = make_rule(point.method, point.max_sequences, ev.spec.rivals)
+    if point.method in DEEPCONF_METHODS:
+        rule = make_deepconf_rule(point.method, point.max_sequences, ev.spec.rivals,
+                                  ev.spec.generation["max_new_tokens"])
+    else:
+        rule = make_rule(point.method, point.max_sequences, ev.spec.rivals)
     journal = {(r["id"], r["round"]): r for r in store.read_records(journal_path, repair=True)}
     stats = PointStats.open(ev.out / point.stats_file, point)
     batches = ev.runner.count_steps()
@@ -83,15 +90,16 @@ def run_wave_point(ev, point: Point) -> None:
                 elif rule.decide(p.answers, record["#S"]).stop:
                     p.stopped_by = "rule"
             stats.save(rounds=round_, batches=batches.as_dict())
-    merged = [merge_waves(point, p.waves, p.stopped_by) for p in prompts]
+    merge = rule.merge if isinstance(rule, DeepConfRule) else merge_waves
+    merged = [merge(point, p.waves, p.stopped_by) for p in prompts]
     store.write_records_atomic(records_path, merged)
     stopped = {reason: sum(p.stopped_by == reason for p in prompts) for reason in ("rule", "cap", "budget")}
     stats.save(complete=True, records=len(merged), rounds=round_, stopped_by=stopped,
-               rule={"method": rule.method, "cap": rule.cap, "threshold": rule.threshold, "window": rule.window},
+               rule=asdict(rule),
                batches=batches.as_dict())
 
 
-def _round(ev, point: Point, rule: WaveRule, waves: list[_Wave], journal: dict, writer) -> list[dict]:
+def _round(ev, point: Point, rule: WaveRule | DeepConfRule, waves: list[_Wave], journal: dict, writer) -> list[dict]:
     """The records of one round's waves, in order: from the journal, or generated now in one stream."""
     results: dict[int, dict] = {}
     todo = []
@@ -109,13 +117,15 @@ def _round(ev, point: Point, rule: WaveRule, waves: list[_Wave], journal: dict, 
     if todo:
         theta = ev.spec.thetas[0] if ev.spec.thetas else default("theta")  # unused by parallel sampling
         config = ev.config(PARALLEL, theta, max(w.size for w in todo))
-        by_index, requests = {}, []
+        by_index, requests, watches = {}, [], {}
         for wave in todo:
             slot = wave.prompt.slot
             index = ev.positions[slot]  # one wave per prompt in a round: the position names it
             by_index[index] = wave
             requests.append(Request(tokens=ev.prompt_tokens(slot), text=ev.problems[slot].problem, index=index,
                                     first_sequence=wave.first_sample, max_sequences=wave.size))
+            if isinstance(rule, DeepConfRule):
+                watches[index] = rule.watch(requests[-1], wave.prompt.waves)
         desc = f"{point.name} round {waves[0].round}"
         with ev._bar(desc, len(waves), len(waves) - len(todo), unit="wave") as bar:
             for tree in ev.runner.stream(requests, config, budget=ev.budget, on_token=bar.on_token):
@@ -123,6 +133,8 @@ def _round(ev, point: Point, rule: WaveRule, waves: list[_Wave], journal: dict, 
                 slot = wave.prompt.slot
                 extra = {"round": wave.round, "first_sample": wave.first_sample, "wave": wave.size}
                 record = make_record(ev.problems[slot], ev.positions[slot], tree, point, extra)
+                if tree.index in watches:
+                    watches[tree.index].annotate(record)
                 answers = wave.prompt.answers + [s["answer"] for s in record["sequences"]]
                 verdict = rule.decide(answers, len(record["sequences"]))
                 record["rule"] = {"stop": verdict.stop, "value": verdict.value,

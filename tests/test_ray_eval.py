@@ -1,0 +1,200 @@
+"""`eval --ray` on a real Ray cluster on loopback: the records equal a one-process run's, through the
+death of a worker and of the driver.
+
+A cluster of 2 CPUs is started with `ray start --head` (as a user starts one), and `eager-local eval
+--ray ADDRESS` runs against it with --threads 1, so it places 2 actors. The reference is the same
+command without --ray. A record's every field but its wall time must match: a prompt's random
+streams depend on its position in the dataset, never on the actor that drew it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from eager_local.cluster.runner import actor_count  # noqa: E402
+
+RAY = str(Path(sys.executable).parent / "ray")
+# Long enough (tens of seconds on one core) for a kill to land mid-run.
+EVAL = ["eval", "--dataset", "arith:16:7", "--method", "parallel,eager-init", "-M", "4", "-n", "40", "--theta", "2.0",
+        "--threads", "1", "--no-progress"]
+FIRST_POINT = "parallel_M4.jsonl"
+
+
+def eager_local(args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "eager_local", *args], capture_output=True, text=True, **kwargs)
+
+
+def records(run: Path) -> dict[str, list[dict]]:
+    """Every results file of a run: its records without their wall time, in id order."""
+    out = {}
+    for path in sorted(run.glob("*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for row in rows:
+            row.pop("wall_time", None)
+        out[path.name] = sorted(rows, key=lambda r: r["id"])
+    return out
+
+
+def assert_same_records(run: Path, reference: Path) -> None:
+    got, want = records(run), records(reference)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        ids = [r["id"] for r in got[name]]
+        assert len(ids) == len(set(ids)), f"{name}: a prompt written twice"
+        assert len(ids) == len(want[name]), f"{name}: {len(want[name]) - len(ids)} prompt(s) lost"
+        assert got[name] == want[name], name
+
+
+def lines(path: Path) -> int:
+    try:
+        return sum(1 for line in path.read_text().splitlines() if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def worker_pids() -> list[int]:
+    """The processes of the EvalWorker actors (Ray titles an actor's process `ray::EvalWorker`)."""
+    found = subprocess.run(["pgrep", "-f", "ray::EvalWorker"], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plain") / "run"
+    r = eager_local([*EVAL, "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tmp_path_factory.mktemp("ray")
+    # A loopback cluster for one test run: no token authentication (the drivers would need the token).
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    start = subprocess.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                            "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
+                            "--temp-dir", str(temp)], capture_output=True, text=True, env=env, timeout=120)
+    assert start.returncode == 0, start.stderr
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_a_killed_worker_loses_nothing(reference, ray_address, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "eager_local", *EVAL, "--ray", ray_address, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (lines(out / FIRST_POINT) >= 3 and len(worker_pids()) == 2) or proc.poll() is not None,
+                 300, "the first records from two actors")
+        time.sleep(2)  # both actors hold their share of the prompts by now
+        assert proc.poll() is None, "the run ended before a worker could be killed"
+        pids = worker_pids()
+        assert len(pids) == 2, pids
+        os.kill(pids[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "Ray: 2 actor(s) x 1 thread(s)" in stderr
+    # The driver saw the death and handed the prompts the actor held to the other one.
+    assert re.search(r"Ray actor \d died \(\w+\); \d+ prompt\(s\) go to the others", stderr), stderr
+    assert_same_records(out, reference)
+
+
+def test_a_lost_driver_resumes(reference, ray_address, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "eager_local", *EVAL, "--ray", ray_address, "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: lines(out / FIRST_POINT) >= 3 or proc.poll() is not None, 300, "the first records")
+        assert proc.poll() is None, "the run ended before the driver could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done_before = lines(out / FIRST_POINT)
+    assert 3 <= done_before < 16
+    # The actors belonged to the killed driver: Ray ends them with it.
+    wait_for(lambda: not worker_pids(), 60, "the dead driver's actors to end")
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert_same_records(out, reference)
+
+
+def test_an_unreachable_cluster_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = eager_local([*EVAL, "--ray", f"127.0.0.1:{port}", "--out", str(tmp_path / "run")], timeout=120)
+    assert r.returncode == 2
+    lines_ = r.stderr.strip().splitlines()
+    assert len(lines_) == 1 and lines_[0].startswith(f"Error: cannot join the Ray cluster at 127.0.0.1:{port}"), r.stderr
+
+
+def test_a_budget_is_refused_with_ray(tmp_path):
+    r = eager_local([*EVAL, "--ray", "--budget", "1000", "--out", str(tmp_path / "run")])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "Error: --budget cannot be used with --ray: the actors do not share one token counter"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_deepconf_is_refused_with_ray(tmp_path):
+    command = [a if a != "parallel,eager-init" else "parallel,deepconf-low" for a in EVAL]
+    r = eager_local([*command, "--ray", "--out", str(tmp_path / "run")])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "Error: deepconf-low cannot run with --ray: its per-token confidences are watched in the process that decodes"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_ray_installed_one_line(tmp_path):
+    # Failure injection: a `ray` package that cannot be imported shadows the real one.
+    shim = tmp_path / "shim" / "ray"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(shim.parent), os.environ.get("PYTHONPATH", "")]))
+    r = eager_local([*EVAL, "--ray", "--out", str(tmp_path / "run")], env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ['Error: Ray is not installed: pip install -e ".[ray]" (or pip install "ray>=2.9")']
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_actor_count_fits_actors_within_nodes():
+    nodes = [{"Alive": True, "Resources": {"CPU": 3.0}}, {"Alive": True, "Resources": {"CPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0}}, {"Alive": True, "Resources": {}}]
+    assert actor_count(nodes, 1) == 4
+    assert actor_count(nodes, 2) == 1  # 3 CPUs hold one 2-thread actor; 1 CPU holds none
+    assert actor_count(nodes, 4) == 0
