@@ -103,7 +103,11 @@ def ray_address(tmp_path_factory):
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        # Only this cluster's processes (each names its session under `temp`): `ray stop` would end
+        # every Ray cluster of the machine, a developer's own included.
+        subprocess.run(["pkill", "-TERM", "-f", str(temp)], capture_output=True)
+        time.sleep(2)
+        subprocess.run(["pkill", "-KILL", "-f", str(temp)], capture_output=True)
 
 
 def test_a_killed_worker_loses_nothing(reference, ray_address, tmp_path):
@@ -198,3 +202,29 @@ def test_actor_count_fits_actors_within_nodes():
     assert actor_count(nodes, 1) == 4
     assert actor_count(nodes, 2) == 1  # 3 CPUs hold one 2-thread actor; 1 CPU holds none
     assert actor_count(nodes, 4) == 0
+
+
+def test_a_node_with_another_model_file_is_refused_up_front(default_model_path, ray_address):
+    """Each node checks its own file against the driver's sha256; the driver says which node, in one
+    line, before any prompt runs. (One machine cannot hold two different files under one name, so
+    the driver is handed a wrong hash instead.)"""
+    import ray
+
+    from eager_local import models
+    from eager_local.cluster import ClusterError
+    from eager_local.cluster.runner import RayRunner
+
+    resolved = models.resolve(str(default_model_path))
+    try:
+        with pytest.raises(ClusterError, match=r"^node \S+: \S+ has sha256 \w{12}…, the driver's model has 000000000000…"):
+            RayRunner(str(default_model_path), resolved, "0" * 64, address=ray_address, threads=1)
+    finally:
+        ray.shutdown()
+
+
+def test_a_missing_model_on_a_node_is_its_error(tmp_path):
+    from eager_local.cluster.worker import EvalWorker, WorkerError
+
+    worker = EvalWorker(str(tmp_path / "absent.gguf"), "0" * 64, threads=1)  # the constructor never raises
+    with pytest.raises(WorkerError, match=r"^node \S+: model file not found: .*absent\.gguf"):
+        worker.where()

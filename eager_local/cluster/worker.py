@@ -50,7 +50,7 @@ class EvalWorker:
         try:
             self.llm = self._load(model, sha256, threads, n_gpu_layers)
         except USER_ERRORS as e:
-            self.error = WorkerError(f"node {socket.gethostname()}: {e}")
+            self.error = e if isinstance(e, WorkerError) else WorkerError(f"node {socket.gethostname()}: {e}")
 
     @staticmethod
     def _load(model, sha256, threads, n_gpu_layers):
