@@ -7,6 +7,7 @@ For every point of every run directory: T, method, θ, pass@k with a paired-boot
 difference to the first `parallel` point given (same prompts), cons@k, p@1, #T, #S, and
 - `capped`: the share of sequences that ran into max_new_tokens (a small model that loops never stops);
 - `distinct`: distinct extracted answers per prompt divided by its sequences (1 = all different).
+--common compares every point on the prompts all of them have (a run over part of another's problems).
 --plot draws pass@k against tokens per prompt, one curve per (method, T), θ on each point, with the
 Pareto front (no other point has both more pass@k and fewer tokens) marked.
 
@@ -25,7 +26,8 @@ from pathlib import Path
 
 from eager_local.eval import store
 from eager_local.eval.metrics import paired_bootstrap
-from eager_local.eval.report import build_report
+from eager_local.eval.metrics import aggregate
+from eager_local.eval.report import _prompt_metrics, build_report
 
 
 def repetition(records: dict[str, dict]) -> tuple[float, float]:
@@ -40,15 +42,26 @@ def solved(records: dict[str, dict], ids: list[str]) -> list[float]:
     return [1.0 if any(s["correct"] for s in records[i]["sequences"]) else 0.0 for i in ids]
 
 
-def rows(groups) -> list[dict]:
-    """Every point of every group; Δ pass@k against the first parallel point found (paired by prompt)."""
+def rows(groups, common: bool = False) -> list[dict]:
+    """Every point of every group; Δ pass@k against the first parallel point found (paired by prompt).
+
+    common: keep only the prompts every point has, and compute every metric over those (a run on a
+    subset of another run's problems, compared with it on that subset)."""
     out = []
     for group in groups:
         temperature = group.params["generation"]["temperature"]
         for row in group.rows:
             records = group.records[row["point"]]  # every merged dir's, re-graded
-            capped, distinct = repetition(records)
-            out.append({**row, "T": temperature, "capped": capped, "distinct": distinct, "records": records})
+            out.append({**row, "T": temperature, "records": records})
+    if common and out:
+        shared = set.intersection(*(set(r["records"]) for r in out))
+        for row in out:
+            row["records"] = {i: row["records"][i] for i in sorted(shared)}
+            summary = aggregate([_prompt_metrics(r) for r in row["records"].values()])
+            row.update({key: summary.get(key) for key in ("p@1", "pass@k", "cons@k", "PR", "#T", "#S")},
+                       prompts=len(shared))
+    for row in out:
+        row["capped"], row["distinct"] = repetition(row["records"])
     # by temperature, parallel first, then θ: directories may have been run in any order
     rank = {store.PARALLEL: 0, store.INIT: 1, store.ADAPT: 2, store.FULL: 3}
     # parallel at the largest M first: the baseline (the smaller M are derived from its samples)
@@ -156,9 +169,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dirs", nargs="+")
     ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--common", action="store_true",
+                    help="Compare on the prompts every point has (a run over a subset of another's problems).")
     args = ap.parse_args()
     groups = build_report(args.run_dirs)
-    table = rows(groups)
+    table = rows(groups, common=args.common)
     print(markdown(table))
     calibrated = {c["theta"]: f"auto S={c['target']}" if c["mode"] == "auto" else c["spec"]
                   for group in groups for c in group.calibration}

@@ -69,3 +69,26 @@ def test_rows_read_every_merged_shard_graded_from_the_text(sweep_table, tmp_path
     assert sorted(row["records"]) == ["a", "b"]
     assert sweep_table.solved(row["records"], ["a", "b"]) == [1.0, 0.0]
     assert row["pass@k"] == 0.5 and row["distinct"] == 1.0
+
+
+def test_common_compares_every_point_on_the_prompts_all_have(sweep_table, tmp_path):
+    from eager_local.eval.report import build_report
+
+    def rec(pid, right, tokens):
+        text = "\\boxed{7}" if right else "\\boxed{1}"
+        return {"id": pid, "reference": "7", "kind": "numeric", "#T": tokens, "#S": 2,
+                "sequences": [{"text": text, "correct": right, "answer": None}, {"text": "none", "correct": False,
+                                                                                "answer": None}]}
+
+    # the full run has a, b, c; the other run (another seed, so its own group) only b and c
+    full = write_run(tmp_path / "full", None, [rec("a", True, 10), rec("b", False, 20), rec("c", True, 30)])
+    part = write_run(tmp_path / "part", None, [rec("b", True, 40), rec("c", True, 60)])
+    manifest = json.loads((part / "manifest.json").read_text())
+    manifest["params"]["generation"]["seed"] = 56
+    (part / "manifest.json").write_text(json.dumps(manifest))
+    groups = build_report([str(full), str(part)])
+    alone = sweep_table.rows(groups)
+    assert [(r["prompts"], r["pass@k"]) for r in alone] == [(3, pytest.approx(2 / 3)), (2, 1.0)]
+    common = sweep_table.rows(groups, common=True)
+    assert [(r["prompts"], r["pass@k"], r["#T"]) for r in common] == [(2, 0.5, 25), (2, 1.0, 50)]
+    assert common[1]["delta"][0] == pytest.approx(0.5)  # b and c against the full run's b and c
