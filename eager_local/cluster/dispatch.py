@@ -59,7 +59,6 @@ class Dispatch:
         self.events: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.gone: set[int] = set()  # actors that will not come back
-        self.peak_rss_mb = 0.0  # the largest peak RSS an actor reported (each holds a whole model)
         indexes = [r.index for r in requests]
         if len(set(indexes)) != len(indexes):
             raise ValueError("requests of one call need distinct indexes (their trees are matched by index)")
@@ -69,7 +68,6 @@ class Dispatch:
         listeners = [threading.Thread(target=self._listen, args=(i,), daemon=True) for i in range(len(self.actors))]
         for t in listeners:
             t.start()
-        gone = self.gone
         try:
             while self.todo or any(self.held.values()):
                 i, kind, payload = self.events.get()
@@ -83,12 +81,12 @@ class Dispatch:
                 elif kind == DIED:
                     self._requeue(i, payload)
                 elif kind == GONE:
-                    gone.add(i)
-                    if len(gone) == len(self.actors):
+                    self.gone.add(i)
+                    if len(self.gone) == len(self.actors):
                         raise ClusterError("every Ray actor died; rerun the same command to resume")
                 elif kind == FAILED:
                     raise payload
-            self._finish(gone)
+            self._finish()
         finally:
             self.stopping.set()
 
@@ -122,7 +120,7 @@ class Dispatch:
         for j in list(self.capacity):
             self._top_up(j)
 
-    def _finish(self, gone: set[int]) -> None:
+    def _finish(self) -> None:
         """Everything is in: end each live actor's stream and add its step counts."""
         waiting = set(self.capacity)
         for i in waiting:
@@ -144,7 +142,6 @@ class Dispatch:
         s.prompt_steps += counts["prompt_steps"]
         s.peak_rows = max(s.peak_rows, counts["peak_rows"])
         s.peak_prompts = max(s.peak_prompts, counts["peak_prompts"])
-        self.peak_rss_mb = max(self.peak_rss_mb, counts["peak_rss_mb"])
 
     # listener threads ------------------------------------------------------------------------------------
     def _listen(self, i: int) -> None:

@@ -71,7 +71,6 @@ class RayRunner(PromptBuilder):
         self.model = Model(resolved.path, vocab_only=True)
         self.threads = threads or 1
         self.stats = StepStats()
-        self.peak_rss_mb = 0.0
         self._connect(address)
         count = actor_count(self.ray.nodes(), self.threads)
         if count < 1:
@@ -109,12 +108,6 @@ class RayRunner(PromptBuilder):
             raise ClusterError(f"the Ray actors were not ready after {READY_TIMEOUT:.0f} s "
                                "(is the cluster busy, or a node still pulling the model?)") from None
 
-    @property
-    def layout(self) -> dict:
-        """Where the run ran, for the run directory's manifest."""
-        return {"actors": len(self.actors), "threads_per_actor": self.threads,
-                "nodes": sorted({p["host"] for p in self.places})}
-
     def count_steps(self) -> StepStats:
         """A fresh count of the actors' batches, summed over them as each `stream` call ends."""
         self.stats = StepStats()
@@ -133,9 +126,7 @@ class RayRunner(PromptBuilder):
         if not requests:
             return
         check_prompt_lengths(requests, self.n_ctx_train)
-        dispatch = Dispatch(self.ray, self.actors, requests, config, self.stats, log=self.log)
-        yield from dispatch.run()
-        self.peak_rss_mb = max(self.peak_rss_mb, dispatch.peak_rss_mb)
+        yield from Dispatch(self.ray, self.actors, requests, config, self.stats, log=self.log).run()
 
     def close(self) -> None:
         """Disconnect from the cluster (a local one started here stops; the actors end)."""

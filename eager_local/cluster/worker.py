@@ -18,7 +18,6 @@ while `submit` and `finish` run on others; only `serve`'s thread touches llama.c
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import sys
 
@@ -30,7 +29,7 @@ from ..errors import USER_ERRORS, EagerError
 # What `serve` yields, as (kind, payload) pairs.
 READY = "ready"  # payload: how many prompts the actor's context holds at once
 TREE = "tree"  # payload: a completed prompt's Tree
-STATS = "stats"  # payload: the stretch's step counts and the actor's peak RSS, last
+STATS = "stats"  # payload: the stretch's step counts, last
 
 
 class WorkerError(EagerError):
@@ -83,10 +82,8 @@ class EvalWorker:
         for _request, tree in loop.serve():
             yield TREE, tree
         self._inbox = None
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         yield STATS, {"steps": stats.steps, "row_steps": stats.row_steps, "prompt_steps": stats.prompt_steps,
-                      "peak_rows": stats.peak_rows, "peak_prompts": stats.peak_prompts,
-                      "peak_rss_mb": round(peak_kb / 1024, 1)}
+                      "peak_rows": stats.peak_rows, "peak_prompts": stats.peak_prompts}
 
     def submit(self, requests: list[Request]) -> None:
         """Hand requests to the running `serve` stretch (they join its batch between two steps)."""
