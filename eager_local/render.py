@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from .answers import extract_answer
 from .budget import TokenBudget
-from .tree import Sequence, Tree
+from .tree import LOW_CONFIDENCE, Sequence, Tree
 
 # Entropy colours, low to high: green, yellow, orange, red (256-colour ANSI).
 _ENTROPY_COLOURS = (34, 148, 214, 196)
@@ -341,3 +341,58 @@ class TokenStream:
         tail = self._decoder.decode(b"", final=True)
         if tail:
             self.write(tail)
+
+
+# --- `run` with a method that samples in waves (waves_run.py) -----------------------------------------
+def render_waves(run, *, vocab=None, budget: TokenBudget | None = None) -> str:
+    """`run --method adaptive-consistency|esc|deepconf-*|eager-conf`: the rule, then each wave (its
+    samples numbered across waves, in tree order, with fork point, length, finish, answer and
+    confidence; the rule's verdict after it), the method's vote, why it stopped, and the totals.
+    `run` is a waves_run.WaveRun; `vocab` (a Model) shows a fork's text after its fork point."""
+    lines = [run.description]
+    samples = {s["id"]: s for s in run.samples}
+    for wave in run.waves:
+        count, first = len(wave.tree.sequences), wave.first_sample
+        drawn = "no samples" if not count else f"sample #{first}" if count == 1 else \
+            f"samples #{first}–#{first + count - 1}"
+        head = [f"── wave {wave.round}", drawn, f"cap {wave.size}", f"{wave.tree.generated_tokens} tokens"]
+        if wave.record.get("threshold") is not None:
+            head.append(f"threshold s = {wave.record['threshold']:.3f}")
+        lines.append(" · ".join(head))
+        for seq_id, depth in branch_order(wave.tree):
+            seq = wave.tree.sequences[seq_id]
+            lines.extend(_wave_sample(samples[wave.first_sample + seq_id], seq, depth, vocab))
+        verdict = run.verdict_text(wave)
+        if verdict is not None and wave.tree.sequences:  # a wave that drew nothing stops on the budget
+            lines.append(f"  after wave {wave.round}: {verdict}")
+    vote = run.vote
+    how = f"confidence-weighted, {run.voters} of {len(samples)} samples at or above s" if run.weighted \
+        else f"majority of {run.voters} answers"
+    lines.append(f"vote ({how}): {vote if vote is not None else 'no answer'}")
+    lines.append(f"stopped by {run.stop_text()}")
+    tokens = run.generated_tokens
+    parts = [f"{len(run.waves)} wave{'s' if len(run.waves) != 1 else ''}", f"{len(samples)} sequences",
+             f"{tokens} generated tokens", f"{tokens / run.wall if run.wall > 0 else 0.0:.1f} tokens/s",
+             f"{run.wall:.2f} s"]
+    if budget is not None and budget.limit is not None:
+        parts.append(f"budget left {int(budget.remaining)}/{budget.limit}")
+    lines.append(" · ".join(parts))
+    return "\n".join(lines)
+
+
+def _wave_sample(sample: dict, seq: Sequence, depth: int, vocab) -> list[str]:
+    """One sample of a wave: a header line and the first words of its text (a fork's own text)."""
+    where = "root" if sample["parent"] is None else f"forked from #{sample['parent']} at token {seq.fork_at}"
+    finish = sample["finish_reason"] or "live"
+    if finish == LOW_CONFIDENCE:
+        finish += " (stopped: confidence below s)"
+    head = [f"#{sample['id']}", where, f"{seq.new_token_count} tokens", finish,
+            f"answer: {sample['answer']}" if sample["answer"] is not None else "no answer"]
+    if sample.get("min_conf") is not None:
+        head.append(f"conf {sample['min_conf']:.3f}")
+    if "weight" in sample and sample["weight"] is None:
+        head.append("no vote")
+    indent = "  " + "  " * depth
+    own = vocab is not None and seq.fork_at > 0
+    words = "…" + first_words(own_text(seq, vocab)) if own else first_words(seq.text)
+    return [indent + " · ".join(head), indent + "    " + repr_words(words)]

@@ -33,11 +33,12 @@ class Running:
 
 
 @contextmanager
-def running_server(llm, *, api_key: str | None = None, slots: int = 4, seed: int | None = None, **options):
+def running_server(llm, *, api_key: str | None = None, slots: int = 4, seed: int | None = None,
+                   cors_origins: tuple[str, ...] = (), **options):
     config = llm.config(max_sequences=CAP, max_new_tokens=MAX_NEW_TOKENS, **options)
     limits = Limits(model=llm.resolved.name, config=config, prompt_tokens=PROMPT_TOKENS, seed=seed)
     scheduler = Scheduler(llm, config, prompt_tokens=PROMPT_TOKENS, slots=slots)
-    app = create_app(scheduler, limits, api_key=api_key)
+    app = create_app(scheduler, limits, api_key=api_key, cors_origins=cors_origins)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
     thread.start()

@@ -17,7 +17,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cli_helpers import assert_one_line_error as one_line_error, eager
+from cli_helpers import assert_one_line_error as one_line_error, eager, toy_eval_args, write_toy_dataset
 from eager_local import tree as T
 from eager_local.answers import extract_answer, vote_key
 from eager_local.engine import Request
@@ -26,7 +26,6 @@ from eager_local.eval import store
 from eager_local.eval.deepconf import Watch, default_warmup, default_window
 from eager_local.eval.metrics import prompt_metrics
 
-THREADS = ["--threads", os.environ["EAGER_LOCAL_THREADS"]] if os.environ.get("EAGER_LOCAL_THREADS") else []
 TOY = [("What is 2 + 2?", "4"), ("What is 3 + 4?", "7"), ("What is 10 + 10?", "20"), ("What is 5 - 3?", "2")]
 M, N = 4, 48
 WARMUP, WINDOW = 2, 6  # the defaults at M = 4 (M // 2) and -n 48 (48 // 8)
@@ -115,10 +114,10 @@ def test_a_sample_without_confidences_is_refused():
     """A runner that never calls on_logprobs here (a remote engine) must not give silent empty confidences."""
     from eager_local.errors import ConfigError
 
-    record = {"method": "deepconf-low", "id": "q0", "sequences": [{"id": 0, "tokens": 3}]}
+    record = {"method": "deepconf-low", "id": "q0", "sequences": [{"id": 0, "tokens": 3, "fork_at": 0}]}
     with pytest.raises(ConfigError, match="no per-token confidences"):
         Watch(WINDOW, None).annotate(record)
-    record = {"method": "deepconf-low", "id": "q0", "sequences": [{"id": 0, "tokens": 0}]}
+    record = {"method": "deepconf-low", "id": "q0", "sequences": [{"id": 0, "tokens": 0, "fork_at": 0}]}
     Watch(WINDOW, None).annotate(record)  # a sample cut before its first token has none to give
     assert record["sequences"][0]["confidences"] == [] and record["sequences"][0]["min_conf"] is None
 
@@ -202,16 +201,11 @@ def test_recorded_confidences_match_the_model(watched, llm):
 # --- eval end to end -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def toy_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
-    path.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "solution": a}) + "\n"
-                            for i, (q, a) in enumerate(TOY)))
-    return path
+    return write_toy_dataset(tmp_path_factory.mktemp("data") / "toy.jsonl", TOY)
 
 
 def eval_args(toy_file, out, *extra):
-    return ["eval", "--dataset", str(toy_file), "--problem-field", "question", "--answer-field", "solution",
-            "-M", str(M), "-n", str(N), "--method", "parallel,deepconf-low,deepconf-high", "--no-progress",
-            "--out", str(out), *THREADS, *extra]
+    return toy_eval_args(toy_file, out, "-M", str(M), "-n", str(N), "--method", "parallel,deepconf-low,deepconf-high", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +281,13 @@ def test_report_shows_deepconf_with_the_weighted_vote(run, tmp_path):
         assert row["cons@k"] == pytest.approx(sum(cons) / len(recs))
         assert row["#T"] == pytest.approx(sum(x["#T"] for x in recs) / len(recs)) and row["#S"] == M
         assert row["complete"] and row["tokens_vs_parallel"] == pytest.approx(row["#T"] / rows["parallel_M4"]["#T"])
-    spent = sum(w["#T"] for name in (LOW, HIGH) for w in journal(run, name))
+    # deepconf-high borrows deepconf-low's warm-up (the same samples): those tokens were spent once.
+    borrowed = [w for w in journal(run, HIGH) if w.get("borrowed_from")]
+    assert sorted(w["id"] for w in borrowed) == sorted(records(run, LOW)) and all(w["round"] == 1 for w in borrowed)
+    low_warm = {w["id"]: w for w in journal(run, LOW) if w["round"] == 1}
+    assert all(w["sequences"] == low_warm[w["id"]]["sequences"] and w["borrowed_from"] == "deepconf-low"
+               for w in borrowed)
+    spent = sum(w["#T"] for name in (LOW, HIGH) for w in journal(run, name) if not w.get("borrowed_from"))
     assert group["budget"]["spent"] == spent + sum(x["#T"] for x in records(run, "parallel_M4").values())
     table = eager("report", str(run)).stdout
     assert "deepconf-low" in table and "deepconf-high" in table and "p90 of the warm-up" in table

@@ -9,7 +9,6 @@ Small on purpose: 6 toy problems, -M 6, 32 tokens per sample.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from fractions import Fraction
 from math import comb
@@ -17,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import assert_one_line_error as one_line_error, eager
+from cli_helpers import assert_one_line_error as one_line_error, eager, toy_eval_args, write_toy_dataset
 from eager_local.answers import extract_answer, vote_key
 from eager_local.eval import store
 
-THREADS = ["--threads", os.environ["EAGER_LOCAL_THREADS"]] if os.environ.get("EAGER_LOCAL_THREADS") else []
 TOY = [("What is 2 + 2?", "4"), ("What is 3 + 4?", "7"), ("What is 10 + 10?", "20"), ("What is 5 - 3?", "2"),
        ("What is 1 + 1?", "2"), ("What is 6 + 1?", "7")]
 M, THRESHOLD, WINDOW = 6, 0.95, 3  # the default window at M = 6: two windows of 5 do not fit, so M // 2
@@ -30,16 +28,11 @@ AC, ESC = "adaptive-consistency_M6", "esc_M6"
 
 @pytest.fixture(scope="module")
 def toy_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
-    path.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "solution": a}) + "\n"
-                            for i, (q, a) in enumerate(TOY)))
-    return path
+    return write_toy_dataset(tmp_path_factory.mktemp("data") / "toy.jsonl", TOY)
 
 
 def eval_args(toy_file, out, *extra):
-    return ["eval", "--dataset", str(toy_file), "--problem-field", "question", "--answer-field", "solution",
-            "-M", str(M), "-n", "32", "--method", "parallel,adaptive-consistency,esc", "--no-progress",
-            "--out", str(out), *THREADS, *extra]
+    return toy_eval_args(toy_file, out, "-M", str(M), "-n", "32", "--method", "parallel,adaptive-consistency,esc", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from .options import check_session_options, config_from_options, load_runner, op
 
 # What a calibration decodes with besides the entropy options, and the session's options.
 _ALSO_SHARED = ("max_sequences", "branch_window", "seed", "model", "target_sequences", "threads", "n_gpu_layers",
-                "chat", "system")
+                "kv_memory", "chat", "system")
 _TARGET_OPTION = click.Option(["--target-sequences", "-S", "target_sequences"], type=int, default=None,
                               help="Target mean #S checked with a real run (default: M/2, at least 2).")
 

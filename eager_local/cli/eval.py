@@ -16,7 +16,8 @@ import click
 from ..config import default, parse_theta_spec
 from ..errors import ConfigError
 from .options import (check_auto_theta_cap, check_session_options, check_target_sequences, cli_settings,
-                      config_from_options, generation_options, load_runner, resolve_theta_option, user_errors)
+                      config_from_options, generation_options, kv_memory_bytes, load_runner, resolve_theta_option,
+                      rival_options, user_errors)
 
 # The three options whose eval form is a comma list (a sweep); every other one is run's.
 SWEEP_OPTIONS = {
@@ -40,24 +41,12 @@ def _eval_methods() -> str:
     return ",".join(DEFAULT_EVAL_METHODS)
 
 
-def _stopping_default(name: str):
-    from ..eval import stopping
-
-    return getattr(stopping, name)
-
-
-def _deepconf_default(name: str):
-    from ..eval import deepconf
-
-    return getattr(deepconf, name)
-
-
 @click.command("eval")
 @click.option("--dataset", "-d", required=True,
               help="gsm8k, math500, aime2024, aime2025, arith[:N[:SEED[:LEVELS]]], or a .jsonl file.")
 @click.option("--method", "methods", default=_eval_methods(), show_default=True,
               help="Comma list of parallel, eager-init, eager-adapt, eager, adaptive-consistency, esc, "
-                   "deepconf-low, deepconf-high.")
+                   "deepconf-low, deepconf-high, eager-conf.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Run directory (runs/NAME).")
 @click.option("--limit", type=int, default=None, help="At most this many problems (after --offset).")
 @click.option("--offset", type=int, default=0, show_default=True, help="Skip this many problems first.")
@@ -75,20 +64,7 @@ def _deepconf_default(name: str):
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Run on a Ray cluster (ADDRESS as ray.init takes it, e.g. 10.0.0.5:6379; none: this "
                    "machine's cluster, else a new local one): one actor per --threads CPUs of each node.")
-@click.option("--ac-criterion", default=_stopping_default("DEFAULT_AC_CRITERION"), show_default=True,
-              help="adaptive-consistency: stopping criterion (beta: the paper's Beta criterion).")
-@click.option("--ac-threshold", type=float, default=_stopping_default("DEFAULT_AC_THRESHOLD"), show_default=True,
-              help="adaptive-consistency: stop a prompt once P(leading answer is the majority) reaches this; "
-                   "cap = -M.")
-@click.option("--esc-window", default=_stopping_default("DEFAULT_ESC_WINDOW"), show_default=True,
-              help="esc: window size w; a prompt stops at the first window whose answers all agree, after at "
-                   "most M // w windows. auto: 5, or M // 2 when two windows of 5 do not fit in M.")
-@click.option("--deepconf-warmup", default=_deepconf_default("DEFAULT_WARMUP"), show_default=True,
-              help="deepconf-low/-high: N_init, warm-up samples per prompt that set its confidence threshold. "
-                   "auto: the paper's 16, at most M // 2.")
-@click.option("--deepconf-window", default=_deepconf_default("DEFAULT_WINDOW"), show_default=True,
-              help="deepconf-low/-high: tokens in the sliding window of group confidence. auto: the paper's "
-                   "2048, at most max-new-tokens // 8.")
+@rival_options
 @generation_options(overrides=SWEEP_OPTIONS)
 @user_errors
 def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, problem_field, answer_field, id_field,
@@ -103,8 +79,7 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
     from ..eval.runner import Evaluation
     from ..eval.session import open_run_dir, session_info
     from ..eval.spec import EvalSpec
-    from ..eval.deepconf import method_options as deepconf_options
-    from ..eval.stopping import method_options
+    from ..eval.waves import method_options
 
     method_list = parse_methods(methods)
     theta_specs = parse_theta_specs(opts["theta"])
@@ -125,9 +100,9 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
             if "eager-adapt" in method_list and PER_PROMPT_CAP["eager-adapt"] * m > MAX_SEQUENCES:
                 raise ConfigError(f"eager-adapt gives a prompt up to 3M sequences: M={m} exceeds "
                                   f"{MAX_SEQUENCES // 3} (llama.cpp's limit is {MAX_SEQUENCES} sequences)")
-    rivals = method_options(method_list, ac_criterion, ac_threshold, esc_window, ms)
-    rivals = {**(rivals or {}), **deepconf_options(method_list, deepconf_warmup, deepconf_window, ms,
-                                                         opts["max_new_tokens"])} or None
+    rivals = method_options(method_list, ac_criterion=ac_criterion, ac_threshold=ac_threshold, esc_window=esc_window,
+                            deepconf_warmup=deepconf_warmup, deepconf_window=deepconf_window, max_sequences=ms,
+                            max_new_tokens=opts["max_new_tokens"])
     # The options every point shares, as the manifest records them (a rerun must match them).
     generation = cli_settings(config, exclude=("method", "theta", "max_sequences"))
     check_session_options(opts)
@@ -191,11 +166,11 @@ def eval_command(dataset, methods, out, limit, offset, ids, shuffle, shard, prob
 def check_ray_options(opts: dict, methods: list[str]) -> None:
     """What --ray cannot do, refused before anything loads; and Ray itself must be installed."""
     from ..cluster import import_ray
-    from ..eval.store import DEEPCONF_METHODS
+    from ..eval.store import CONFIDENCE_METHODS
 
     if opts["budget"] is not None:
         raise ConfigError("--budget cannot be used with --ray: the actors do not share one token counter")
-    deepconf = [m for m in methods if m in DEEPCONF_METHODS]
+    deepconf = [m for m in methods if m in CONFIDENCE_METHODS]
     if deepconf:
         raise ConfigError(f"{deepconf[0]} cannot run with --ray: its per-token confidences are watched in the "
                           "process that decodes")
@@ -207,7 +182,8 @@ def ray_runner(opts: dict, resolved, sha: str, address: str):
     from ..cluster.runner import RayRunner
 
     return RayRunner(opts["model"], resolved, sha, address=address or None, threads=opts["threads"],
-                     n_gpu_layers=opts["n_gpu_layers"], log=lambda line: click.echo(line, err=True))
+                     n_gpu_layers=opts["n_gpu_layers"], kv_memory=kv_memory_bytes(opts),
+                     log=lambda line: click.echo(line, err=True))
 
 
 def _calibrated_thetas(runner, specs, targets, max_sequences, opts, template, dataset, everything, evaluated):

@@ -91,6 +91,10 @@ def _session_options() -> dict[str, click.Option]:
                                 help="CPU threads (default: physical cores)."),
         "n_gpu_layers": click.Option(["--n-gpu-layers", "n_gpu_layers"], type=int, default=0,
                                      help="Layers to offload (Metal/CUDA builds)."),
+        "kv_memory": click.Option(["--kv-memory", "kv_memory"], type=int, default=None,
+                                  help="MiB of KV cache at most (default: a quarter of the free memory, at most "
+                                       "2048). Each prompt running at once reserves M full-length sequences: less "
+                                       "memory runs fewer prompts, so fewer rows, per step."),
         "chat": click.Option(["--chat/--raw", "chat"], default=True,
                              help="Apply the GGUF's chat template (default) or not."),
         "system": click.Option(["--system", "system"], default=None, help="System message (with --chat)."),
@@ -129,11 +133,47 @@ def generation_options(func=None, *, overrides: dict[str, click.Option] | None =
     return decorate(func) if func is not None else decorate
 
 
-def method_option(func):
-    """--method for commands that run one method (run, chat): a choice of config.METHODS."""
+def method_option(func=None, *, extra: tuple[str, ...] = (), extra_help: str = ""):
+    """--method for commands that run one method (run, chat, serve): a choice of config.METHODS,
+    plus the `extra` methods a command runs itself (run's wave methods), described by `extra_help`.
+
+    `@method_option` or `@method_option(extra=(...), extra_help="...")`.
+    """
     (f,) = [f for f in fields(GenerationConfig) if f.name == "method"]
-    return click.option(*f.metadata["flags"], "method", type=click.Choice(METHODS), default=f.default,
-                        show_default=True, help=f.metadata["help"])(func)
+
+    def decorate(func):
+        return click.option(*f.metadata["flags"], "method", type=click.Choice(METHODS + tuple(extra)),
+                            default=f.default, show_default=True,
+                            help=f"{f.metadata['help']} {extra_help}".strip())(func)
+
+    return decorate(func) if func is not None else decorate
+
+
+def rival_options(func):
+    """Decorator: the options of the methods that sample in waves (adaptive-consistency, esc,
+    deepconf-low/-high, eager-conf), one definition for eval and run. Their defaults live with the
+    rules (eval/stopping.py, eval/deepconf.py); the rules' `method_options` check the values."""
+    from ..eval import deepconf, stopping
+
+    decorators = [
+        click.option("--ac-criterion", default=stopping.DEFAULT_AC_CRITERION, show_default=True,
+                     help="adaptive-consistency: stopping criterion (beta: the paper's Beta criterion)."),
+        click.option("--ac-threshold", type=float, default=stopping.DEFAULT_AC_THRESHOLD, show_default=True,
+                     help="adaptive-consistency, eager-conf: stop a prompt once P(leading answer is the majority) "
+                          "reaches this; cap = -M."),
+        click.option("--esc-window", default=stopping.DEFAULT_ESC_WINDOW, show_default=True,
+                     help="esc: window size w; a prompt stops at the first window whose answers all agree, after "
+                          "at most M // w windows. auto: 5, or M // 2 when two windows of 5 do not fit in M."),
+        click.option("--deepconf-warmup", default=deepconf.DEFAULT_WARMUP, show_default=True,
+                     help="deepconf-low/-high, eager-conf: N_init, warm-up samples per prompt that set its "
+                          "confidence threshold. auto: the paper's 16, at most M // 2."),
+        click.option("--deepconf-window", default=deepconf.DEFAULT_WINDOW, show_default=True,
+                     help="deepconf-low/-high, eager-conf: tokens in the sliding window of group confidence. "
+                          "auto: the paper's 2048, at most max-new-tokens // 8."),
+    ]
+    for decorator in reversed(decorators):  # the first listed is shown first
+        func = decorator(func)
+    return func
 
 
 # --- from options to a config ----------------------------------------------------------------------
@@ -166,9 +206,11 @@ def cli_settings(config: GenerationConfig, *, exclude: tuple[str, ...] = ()) -> 
 
 
 def check_session_options(opts: dict) -> None:
-    """--threads and --budget, checked before any model loads."""
+    """--threads, --budget and --kv-memory, checked before any model loads."""
     if opts.get("threads") is not None and not 1 <= opts["threads"] <= MAX_THREADS:
         raise ConfigError(f"threads must be between 1 and {MAX_THREADS}, got {opts['threads']}")
+    if opts.get("kv_memory") is not None and opts["kv_memory"] < 1:
+        raise ConfigError(f"--kv-memory must be >= 1 (MiB), got {opts['kv_memory']}")
     if opts.get("budget") is not None and opts["budget"] < 0:
         raise ConfigError(f"budget must be >= 0 tokens, got {opts['budget']}")
 
@@ -197,11 +239,17 @@ def check_target_sequences(targets: list[int], *, auto: bool) -> None:
 
 
 def load_runner(opts: dict):
-    """The EagerLocal of the session options (model, threads, GPU layers)."""
+    """The EagerLocal of the session options (model, threads, GPU layers, KV memory)."""
     from ..api import EagerLocal
 
     check_session_options(opts)
-    return EagerLocal(opts["model"], threads=opts["threads"], n_gpu_layers=opts["n_gpu_layers"])
+    return EagerLocal(opts["model"], threads=opts["threads"], n_gpu_layers=opts["n_gpu_layers"],
+                      kv_memory=kv_memory_bytes(opts))
+
+
+def kv_memory_bytes(opts: dict) -> int | None:
+    """--kv-memory (MiB) in bytes; None: the engine's default."""
+    return opts["kv_memory"] << 20 if opts.get("kv_memory") else None
 
 
 # --- θ -----------------------------------------------------------------------------------------------

@@ -60,11 +60,12 @@ class RayRunner(PromptBuilder):
 
     model: the user's model spec, resolved by each node itself; resolved / sha256: the driver's
     file and its hash, which every node's file must match; address: as `ray.init` takes it (None:
-    a cluster already running on this machine, else a new local one).
+    a cluster already running on this machine, else a new local one); kv_memory: bytes of KV cache
+    each actor may allocate (None: the engine's default on its node).
     """
 
     def __init__(self, model: str | None, resolved: ResolvedModel, sha256: str, *, address: str | None = None,
-                 threads: int | None = None, n_gpu_layers: int = 0, log=None):
+                 threads: int | None = None, n_gpu_layers: int = 0, kv_memory: int | None = None, log=None):
         self.ray = import_ray()
         self.log = log or (lambda line: None)
         self.resolved = resolved
@@ -77,7 +78,7 @@ class RayRunner(PromptBuilder):
             raise ClusterError(f"no node of the Ray cluster has {self.threads} free CPUs for one actor (--threads)")
         worker = self.ray.remote(EvalWorker).options(
             num_cpus=self.threads, max_concurrency=ACTOR_CONCURRENCY, max_restarts=REJOINS, max_task_retries=0)
-        self.actors = [worker.remote(model, sha256, self.threads, n_gpu_layers) for _ in range(count)]
+        self.actors = [worker.remote(model, sha256, self.threads, n_gpu_layers, kv_memory) for _ in range(count)]
         self.places = self._wait_ready()
         self.n_ctx_train = self.places[0]["n_ctx_train"]
         hosts = sorted({p["host"] for p in self.places})

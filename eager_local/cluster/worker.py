@@ -40,19 +40,20 @@ class EvalWorker:
     """One model on one node (see the module docstring). `model` is the user's spec (registry name,
     URL or path), `sha256` the driver's hash of the file it resolved to."""
 
-    def __init__(self, model: str | None, sha256: str, threads: int, n_gpu_layers: int = 0):
+    def __init__(self, model: str | None, sha256: str, threads: int, n_gpu_layers: int = 0,
+                 kv_memory: int | None = None):
         # The constructor loads (Ray reruns it when it restarts a killed actor) but does not raise: a
         # user's error is kept and raised by `where`, whose caller sees it as itself, in one line.
         self.llm = None
         self.error: EagerError | None = None
         self._inbox: Inbox | None = None
         try:
-            self.llm = self._load(model, sha256, threads, n_gpu_layers)
+            self.llm = self._load(model, sha256, threads, n_gpu_layers, kv_memory)
         except USER_ERRORS as e:
             self.error = e if isinstance(e, WorkerError) else WorkerError(f"node {socket.gethostname()}: {e}")
 
     @staticmethod
-    def _load(model, sha256, threads, n_gpu_layers):
+    def _load(model, sha256, threads, n_gpu_layers, kv_memory):
         from ..api import EagerLocal
 
         resolved = models.resolve(model, progress=False)
@@ -62,7 +63,7 @@ class EvalWorker:
                 f"node {socket.gethostname()}: {resolved.path} has sha256 {found[:12]}…, "
                 f"the driver's model has {sha256[:12]}… (copy the same file to every node)"
             )
-        return EagerLocal(str(resolved.path), threads=threads, n_gpu_layers=n_gpu_layers)
+        return EagerLocal(str(resolved.path), threads=threads, n_gpu_layers=n_gpu_layers, kv_memory=kv_memory)
 
     def where(self) -> dict:
         """The node, the process and the model's context limit; raises the load's error, if any."""

@@ -32,7 +32,7 @@ from ..tree import LOW_CONFIDENCE
 from . import confidence as C
 from .records import merge_waves
 from .stopping import Decision
-from .store import DEEPCONF_METHODS, Point
+from .store import DEEPCONF_METHODS, PARALLEL, Point
 
 PAPER_WARMUP = 16  # N_init of the paper (of a budget of 256 traces)
 PAPER_WINDOW = 2048  # the paper's window (traces of up to 64k tokens)
@@ -62,6 +62,7 @@ class DeepConfRule:
     window: int
     keep_percent: int
     top_k: int = C.TOP_K
+    engine_method = PARALLEL  # both waves are full parallel sampling (a class attribute, not a field)
 
     def next_wave(self, answers: Sequence[str | None]) -> int:
         """The warm-up wave first, then the rest of M in one watched wave, then nothing."""
@@ -72,6 +73,10 @@ class DeepConfRule:
     def decide(self, answers: Sequence[str | None], wave: int) -> Decision:
         """DeepConf never stops a prompt on its answers: its stop is per sample (`watch`)."""
         return Decision(stop=False)
+
+    def votes(self, record: dict) -> list[str | None]:
+        """The answers a wave adds: every sample's (the rule never stops on them)."""
+        return [s["answer"] for s in record["sequences"]]
 
     def threshold(self, warmup_record: dict) -> float | None:
         """s from the warm-up wave's record (its samples' lowest group confidences)."""
@@ -106,10 +111,13 @@ class DeepConfRule:
 
 
 class Watch:
-    """One wave request's confidences, per sample, and (with a threshold) its early stops.
+    """One wave request's confidences, per sequence, and (with a threshold) its early stops.
 
     Each token costs one mean over its top-k log-probabilities and an integer update of its
-    sample's window sum."""
+    sequence's window sum. A sequence forked from another (an EAGer tree) is judged on its whole
+    text: its confidences start as its parent's over the shared prefix, so its window spans the
+    fork. (At the fork both have the same confidence: it depends on the distribution, not on the
+    token drawn from it.)"""
 
     def __init__(self, window: int, threshold: float | None, top_k: int = C.TOP_K):
         self.window = window
@@ -120,11 +128,14 @@ class Watch:
         self._low: set[int] = set()
 
     def on_logprobs(self, seq, token: int, logprob: float, top: list) -> None:
-        confs = self.confs.setdefault(seq.id, [])
+        confs = self.confs.get(seq.id)
+        if confs is None:  # a new sequence: a root, or a fork that shares its parent's first tokens
+            confs = self.confs[seq.id] = self.confs[seq.parent][:seq.fork_at] if seq.parent is not None else []
+            self._sums[seq.id] = sum(confs[-self.window:])
         confs.append(C.token_confidence_milli([lp for _, lp in top]))
         if self.limit is None:
             return
-        total = self._sums.get(seq.id, 0) + confs[-1]
+        total = self._sums[seq.id] + confs[-1]
         if len(confs) > self.window:
             total -= confs[-1 - self.window]
         self._sums[seq.id] = total
@@ -135,14 +146,15 @@ class Watch:
         return LOW_CONFIDENCE if seq.id in self._low else None
 
     def annotate(self, record: dict) -> None:
-        """Add to a wave's record its threshold and each sample's confidences and lowest group confidence."""
+        """Add to a wave's record its threshold and each sequence's confidences (its own tokens',
+        after the prefix it shares with its parent) and lowest group confidence (over its whole text)."""
         record["threshold"] = self.limit
         for s in record["sequences"]:
             confs = self.confs.get(s["id"], [])
             if len(confs) != s["tokens"]:  # the runner did not call on_logprobs here (a remote engine)
                 raise ConfigError(f"{record['method']}: no per-token confidences came back for prompt "
-                                  f"{record['id']!r}; DeepConf watches tokens in this process (not with --ray)")
-            s["confidences"] = [c / 1000 for c in confs]
+                                  f"{record['id']!r}; confidences are watched in this process (not with --ray)")
+            s["confidences"] = [c / 1000 for c in confs[s["fork_at"]:]]
             s["min_conf"] = C.lowest_group_confidence(confs, self.window)
 
 
@@ -161,6 +173,13 @@ def method_options(methods: Sequence[str], warmup, window, max_sequences: Sequen
     asked = [m for m in methods if m in DEEPCONF_METHODS]
     if not asked:
         return {}
+    warmup, window = warmup_and_window(warmup, window, max_sequences, max_new_tokens)
+    return {m: {"warmup": warmup, "window": window, "keep_percent": C.KEEP_PERCENT[m], "top_k": C.TOP_K}
+            for m in asked}
+
+
+def warmup_and_window(warmup, window, max_sequences: Sequence[int], max_new_tokens: int) -> tuple:
+    """--deepconf-warmup and --deepconf-window checked ('auto' or a whole number in range)."""
     warmup = _whole_or_auto("deepconf-warmup", warmup, DEFAULT_WARMUP)
     if warmup != DEFAULT_WARMUP and not 1 <= warmup <= min(max_sequences):
         raise ConfigError(f"deepconf-warmup must be between 1 and the smallest -M ({min(max_sequences)}), "
@@ -168,8 +187,7 @@ def method_options(methods: Sequence[str], warmup, window, max_sequences: Sequen
     window = _whole_or_auto("deepconf-window", window, DEFAULT_WINDOW)
     if window != DEFAULT_WINDOW and not 1 <= window <= max_new_tokens:  # a longer window never fills
         raise ConfigError(f"deepconf-window must be between 1 and max-new-tokens ({max_new_tokens}), got {window}")
-    return {m: {"warmup": warmup, "window": window, "keep_percent": C.KEEP_PERCENT[m], "top_k": C.TOP_K}
-            for m in asked}
+    return warmup, window
 
 
 def _whole_or_auto(name: str, value, auto: str):

@@ -134,20 +134,25 @@ def _combined(point: Point, parts: list[dict], sequences: list[dict], events: li
 
 
 def merge_waves(point: Point, waves: list[dict], stopped_by: str) -> dict:
-    """A prompt's Adaptive-Consistency / ESC record: its waves' sequences in the order drawn.
+    """A prompt's record of a method that samples in waves: its waves' sequences in the order drawn.
 
-    Each wave is a small full-parallel-sampling run (no branches); its sequence ids are shifted past
-    the earlier waves' and `run` says which wave (its round) each came from. `waves` lists each
-    wave's round, first sample, size, #S, #T and the rule's verdict after it; `stopped_by` is
-    "rule", "cap" or "budget" (a wave drew nothing).
+    A wave is a small full-parallel-sampling run or an EAGer tree (eager-conf); its sequence and
+    branch ids are shifted past the earlier waves', so parents point inside the same wave, and `run`
+    says which wave (its round) each came from. `waves` lists each wave's round, first sample,
+    size, #S, #T and the rule's verdict after it; `stopped_by` is "rule", "cap" or "budget" (a wave
+    drew nothing).
     """
     waves = sorted(waves, key=lambda r: r["round"])
-    sequences = []
+    sequences, events = [], []
     for wave in waves:
         offset = len(sequences)
-        sequences += [dict(s, id=s["id"] + offset, run=wave["round"]) for s in wave["sequences"]]
+        for s in wave["sequences"]:
+            parent = None if s["parent"] is None else s["parent"] + offset
+            sequences.append(dict(s, id=s["id"] + offset, parent=parent, run=wave["round"]))
+        for e in wave.get("events", []):
+            events.append(dict(e, parent=e["parent"] + offset, child=e["child"] + offset, run=wave["round"]))
     return {
-        **_combined(point, waves, sequences, [], started=any(w["started"] for w in waves)),
+        **_combined(point, waves, sequences, events, started=any(w["started"] for w in waves)),
         "waves": [{k: w[k] for k in ("round", "first_sample", "wave", "#S", "#T", "rule")} for w in waves],
         "stopped_by": stopped_by,
     }

@@ -63,7 +63,7 @@ class Evaluation:
         for point in self.spec.points():
             if (store.read_json(self.out / point.stats_file) or {}).get("derived_from"):
                 continue  # derived: its tokens are the source point's
-            total += sum(r["#T"] for r in store.read_records(self.out / point.generated_file))
+            total += store.tokens_generated(self.out, point)
         return total
 
     # prompts -----------------------------------------------------------------------------------

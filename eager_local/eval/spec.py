@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from . import store
 from .datasets import Problem
-from .store import ADAPT, FULL, INIT, PARALLEL, WAVE_METHODS, Point
+from .store import ADAPT, ECONF, FULL, INIT, PARALLEL, WAVE_METHODS, Point
 
 
 @dataclass
@@ -69,7 +69,8 @@ class EvalSpec:
     def points(self) -> list[Point]:
         """The points in the order they run: full parallel sampling (the curve, smallest M first),
         then per -M value, per θ: EAGer-init, EAGer-adapt, full EAGer; then per -M value the rivals
-        that sample in waves (Adaptive-Consistency, ESC, DeepConf), which have no θ.
+        that sample in waves (Adaptive-Consistency, ESC, DeepConf), which have no θ; then per -M
+        value, per θ: eager-conf (EAGer trees in waves).
 
         The first parallel point runs the decoded one (the largest M) before it is derived
         (runner.Evaluation.derive_point). EAGer-init runs for every (θ, M) that adapt or full EAGer
@@ -85,6 +86,8 @@ class EvalSpec:
                             points.append(Point(method, theta, m))
         for m in self.max_sequences:
             points += [Point(method, None, m) for method in WAVE_METHODS if method in self.methods]
+        if ECONF in self.methods:
+            points += [Point(ECONF, theta, m) for m in self.max_sequences for theta in self.thetas]
         return points
 
     def parallel_sizes(self) -> list[int]:

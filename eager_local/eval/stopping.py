@@ -19,6 +19,13 @@ is the smallest k after which it could (all k joining the leader is the best cas
 with a and falls with b), so waves give exactly the stops and #S of one-at-a-time sampling in fewer
 rounds (at 0.95 the first wave is 4: P = 1 − 2^−(a+1) < 0.95 for a ≤ 3 unanimous answers).
 
+The wave-rule interface. eval/waves.py runs any rule with these members: `engine_method` (how a
+wave decodes: full parallel sampling, or an EAGer tree), `next_wave(answers)`, `decide(answers,
+wave)`, `votes(record)` (the answers a wave's record adds to the prompt's), `watch(request,
+earlier_waves)` (per-token hooks on a wave's request, or None) and `merge(point, waves,
+stopped_by)` (the prompt's record). WaveRule is the plain case; deepconf.DeepConfRule and
+eagerconf.EagerConfRule watch tokens and keep confidences.
+
 Defaults (docs/eager-method.md, "Adaptive-Consistency and ESC"): threshold 0.95 as in the paper;
 the cap is the evaluation's -M (40 in both papers); ESC's window is the paper's 5 unless two windows
 would not fit in M, then M // 2 (`default_window`).
@@ -32,7 +39,8 @@ from typing import Sequence
 
 from ..answers import tally
 from ..errors import ConfigError
-from .store import AC, ESC, WAVE_METHODS
+from .records import merge_waves
+from .store import AC, ESC, PARALLEL, WAVE_METHODS, Point
 
 AC_CRITERIA = ("beta",)  # the reference's other criteria (dirichlet, entropy, majority) are not ported
 DEFAULT_AC_CRITERION = "beta"
@@ -116,6 +124,7 @@ class WaveRule:
     cap: int
     threshold: float | None = None  # Adaptive-Consistency
     window: int | None = None  # ESC
+    engine_method = PARALLEL  # a wave is full parallel sampling (a class attribute, not a field)
 
     def next_wave(self, answers: Sequence[str | None]) -> int:
         """Size of the prompt's next wave given every answer it has so far; 0: the cap is reached."""
@@ -129,6 +138,17 @@ class WaveRule:
             return ac_decision(answers, self.threshold)
         return esc_decision(answers[len(answers) - wave:] if wave else [])
 
+    def votes(self, record: dict) -> list[str | None]:
+        """The answers a wave adds: every sample's."""
+        return [s["answer"] for s in record["sequences"]]
+
+    def watch(self, request, earlier_waves: list[dict]) -> None:
+        """Sampling-only rules look at answers, never at tokens."""
+        return None
+
+    def merge(self, point: Point, waves: list[dict], stopped_by: str) -> dict:
+        return merge_waves(point, waves, stopped_by)
+
 
 def make_rule(method: str, max_sequences: int, options: dict) -> WaveRule:
     """The rule of a point, from the spec's method options (see `method_options`)."""
@@ -140,6 +160,12 @@ def make_rule(method: str, max_sequences: int, options: dict) -> WaveRule:
     return WaveRule(ESC, max_sequences, window=window)
 
 
+def check_ac_threshold(ac_threshold: float) -> None:
+    """The Beta criterion's threshold must lie strictly between 1/2 and 1."""
+    if not 0.5 < ac_threshold < 1:
+        raise ConfigError(f"ac-threshold must be between 0.5 and 1 (exclusive), got {ac_threshold:g}")
+
+
 def method_options(methods: Sequence[str], ac_criterion: str, ac_threshold: float, esc_window,
                    max_sequences: Sequence[int]) -> dict | None:
     """The rivals' options as an evaluation pins them (None when neither method is asked for), checked:
@@ -149,8 +175,7 @@ def method_options(methods: Sequence[str], ac_criterion: str, ac_threshold: floa
     if ac_criterion not in AC_CRITERIA:
         raise ConfigError(f"unknown Adaptive-Consistency criterion {ac_criterion!r}; "
                           f"choose from {', '.join(AC_CRITERIA)}")
-    if not 0.5 < ac_threshold < 1:
-        raise ConfigError(f"ac-threshold must be between 0.5 and 1 (exclusive), got {ac_threshold:g}")
+    check_ac_threshold(ac_threshold)
     if str(esc_window).strip().lower() == DEFAULT_ESC_WINDOW:
         window = DEFAULT_ESC_WINDOW
     else:

@@ -8,6 +8,7 @@
     runs/NAME/esc_M8.waves.jsonl             journal: one record per wave (adaptive-consistency, esc)
     runs/NAME/esc_M8.jsonl                   one record per prompt (its waves merged)
     runs/NAME/deepconf-low_M8.waves.jsonl    journal: warm-up and final wave, with per-token confidences
+    runs/NAME/eager-conf_theta2.4_M8.waves.jsonl   journal: EAGer trees in waves, with per-token confidences
     runs/NAME/<point>.stats.json             wall time, peak memory, completeness
 
 Records are appended, flushed and fsync'ed one by one; a torn last line (a crash mid-write) is
@@ -31,9 +32,11 @@ PARALLEL, INIT, ADAPT, FULL = "parallel", "eager-init", "eager-adapt", "eager"
 AC, ESC = "adaptive-consistency", "esc"  # the rivals that sample in waves (stopping.py)
 DC_LOW, DC_HIGH = "deepconf-low", "deepconf-high"  # DeepConf-online: a warm-up wave, then a watched one (deepconf.py)
 DEEPCONF_METHODS = (DC_LOW, DC_HIGH)
-EVAL_METHODS = (PARALLEL, INIT, ADAPT, FULL, AC, ESC, DC_LOW, DC_HIGH)
+ECONF = "eager-conf"  # EAGer trees in waves, pruned by confidence, stopped by agreement (eagerconf.py)
+EVAL_METHODS = (PARALLEL, INIT, ADAPT, FULL, AC, ESC, DC_LOW, DC_HIGH, ECONF)
 DEFAULT_EVAL_METHODS = (PARALLEL, INIT, ADAPT, FULL)  # the paper's four; the rivals are asked for by name
 WAVE_METHODS = (AC, ESC, DC_LOW, DC_HIGH)  # no θ: their point is (method, M)
+CONFIDENCE_METHODS = (DC_LOW, DC_HIGH, ECONF)  # cons@k is their confidence-weighted vote (confidence.py)
 
 
 class ResultsError(EagerError):
@@ -79,7 +82,7 @@ class Point:
 
     @property
     def samples_in_waves(self) -> bool:
-        return self.method in WAVE_METHODS
+        return self.method in WAVE_METHODS or self.method == ECONF
 
     @property
     def stats_file(self) -> str:
@@ -94,7 +97,13 @@ class Point:
 
 
 _POINT_NAME = re.compile(r"^(parallel|adaptive-consistency|esc|deepconf-low|deepconf-high)_M(\d+)$"
-                         r"|^(eager-init|eager-adapt|eager)_theta([0-9.eE+-]+)_M(\d+)$")
+                         r"|^(eager-init|eager-adapt|eager|eager-conf)_theta([0-9.eE+-]+)_M(\d+)$")
+
+
+def tokens_generated(run_dir: Path, point: Point) -> int:
+    """Tokens a point's own decoding generated: the #T of the records of its generated file, minus
+    the waves it borrowed from another point's journal (their tokens are that point's)."""
+    return sum(r["#T"] for r in read_records(run_dir / point.generated_file) if not r.get("borrowed_from"))
 
 
 def parse_point(name: str) -> Point | None:

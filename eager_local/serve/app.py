@@ -3,10 +3,11 @@
     GET  /health                 liveness, the loop's capacity and how full it keeps its batches
     GET  /v1/models              the one model served
     POST /v1/chat/completions    messages → one choice per branch (streamed with "stream": true)
-    POST /v1/completions         a prompt → the same, as text completions
+    POST /v1/completions         a prompt (text or token ids) → the same, as text completions
 
 Every refusal is an OpenAI error object with a 4xx status: a bad body (schema.py), a missing or
-wrong key (401), an unknown model (404), a body over `MAX_BODY` (413), an unknown route. A
+wrong key (401), an unknown model (404), a body over `MAX_BODY` (413), an unknown route. With
+`cors_origins`, browsers on those origins may call it (CORS preflights need no key). A
 request's work happens on the engine's thread (scheduler.py); this side only parses, tokenizes,
 waits and writes. A client that disconnects, mid-stream or while waiting, cancels its request.
 """
@@ -17,12 +18,15 @@ import asyncio
 import hmac
 import json
 import secrets
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 
 import anyio
 from jinja2 import TemplateError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -30,14 +34,16 @@ from starlette.routing import Route
 from ..llama import LlamaError
 from .responses import FINISH, Reply
 from .scheduler import Job, Scheduler
-from .schema import ApiError, Ask, Limits, parse
+from .schema import ApiError, Ask, Limits, parse, token_ids_in_vocabulary
 
 MAX_BODY = 1 << 20  # bytes of request body at most (a prompt this long does not fit a context anyway)
 DISCONNECT_POLL = 0.25  # seconds between checks that a waiting client is still there
 
 
-def create_app(scheduler: Scheduler, limits: Limits, *, api_key: str | None = None) -> Starlette:
-    """The app; its lifespan starts the scheduler's thread and stops it at shutdown."""
+def create_app(scheduler: Scheduler, limits: Limits, *, api_key: str | None = None,
+               cors_origins: Sequence[str] = ()) -> Starlette:
+    """The app; its lifespan starts the scheduler's thread and stops it at shutdown. `cors_origins`
+    (`*`: any) lets pages from those origins call it from a browser; none: no CORS headers."""
     server = _Server(scheduler, limits, api_key)
 
     @asynccontextmanager
@@ -54,8 +60,20 @@ def create_app(scheduler: Scheduler, limits: Limits, *, api_key: str | None = No
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan,
+    return Starlette(routes=routes, lifespan=lifespan, middleware=_cors(cors_origins),
                      exception_handlers={ApiError: _api_error, HTTPException: _http_error})
+
+
+def _cors(origins: Sequence[str]) -> list[Middleware]:
+    """CORS around the routes. The middleware answers a preflight itself, before any route, so the
+    preflight needs no key (browsers send none); every other request reaches its route's key check,
+    and its answer, a 401 included, carries the CORS headers so the page can read it. Any request
+    header is allowed (the middleware echoes the ones asked for): besides Authorization and
+    Content-Type, OpenAI's client libraries send headers of their own (X-Stainless-*)."""
+    if not origins:
+        return []
+    return [Middleware(CORSMiddleware, allow_origins=list(origins), allow_methods=["GET", "POST", "OPTIONS"],
+                       allow_headers=["*"])]
 
 
 async def _api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -125,7 +143,8 @@ class _Server:
             raise ApiError("Incorrect API key provided", status=401, code="invalid_api_key")
 
     def _tokens(self, ask: Ask) -> list[int]:
-        """The prompt's token ids (chat: through the GGUF's chat template); 400 when too long."""
+        """The prompt's token ids (chat: through the GGUF's chat template; a completion's text
+        tokenized, its token ids as sent); 400 when too long or not the model's."""
         runner = self.scheduler.runner
         if ask.kind == "chat":
             messages = ask.prompt
@@ -136,8 +155,11 @@ class _Server:
             # The template refuses these messages (its raise_exception raises ValueError), or there is none.
             except (TemplateError, ValueError, LlamaError) as e:
                 raise ApiError(f"the model's chat template refused the messages: {e}", param="messages") from None
-        else:
+        elif isinstance(ask.prompt, str):
             tokens = self.model.tokenize(ask.prompt, add_special=True)
+        else:  # token ids: the client's tokenization, used as it is
+            token_ids_in_vocabulary(ask.prompt, self.model.n_vocab)
+            tokens = ask.prompt
         limit = min(self.limits.prompt_tokens, self.scheduler.cells_per_sequence - 1, self.model.n_ctx_train - 1)
         if len(tokens) > limit:
             raise ApiError(f"This server's maximum prompt length is {limit} tokens; the prompt has {len(tokens)}",

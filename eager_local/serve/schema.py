@@ -56,10 +56,10 @@ class Limits:
 
 @dataclass
 class Ask:
-    """One validated request: the prompt (messages or text), its config and how to answer."""
+    """One validated request: the prompt (messages, text or token ids), its config and how to answer."""
 
     kind: str  # "chat" or "completion"
-    prompt: str | list[dict]
+    prompt: str | list[dict] | list[int]  # completion: text or token ids; chat: messages
     config: GenerationConfig
     stream: bool = False
     include_usage: bool = False
@@ -158,16 +158,37 @@ def _content(content, where: str) -> str:
     return "".join(texts)
 
 
-def prompt_of(body: dict) -> str:
-    """The completion prompt: a string, or an array holding one string."""
+def prompt_of(body: dict) -> str | list[int]:
+    """The completion prompt: text (a string, or an array of one string) or token ids (an array of
+    integers, or an array holding one), as OpenAI's schema allows. Token ids are the prompt as the
+    client tokenized it (lm-evaluation-harness sends them): they reach the model unchanged, nothing
+    added; `token_ids_in_vocabulary` checks them against the served model's vocabulary."""
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+        if len(prompt) > 1:
+            raise _error("prompt", f"one prompt per request, got an array of {len(prompt)}; "
+                                   "send each prompt as its own request")
         prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise _error("prompt", "expected a string (or an array of one string)")
+    if isinstance(prompt, str):
+        if not prompt:
+            raise _error("prompt", "must not be empty")
+        return prompt
+    if not isinstance(prompt, list):
+        raise _error("prompt", "expected a string or an array of token ids (or an array of one of them)")
     if not prompt:
         raise _error("prompt", "must not be empty")
-    return prompt
+    for i, token in enumerate(prompt):
+        if not _is_int(token):
+            raise _error("prompt", f"token ids must be integers; item {i} is {type(token).__name__}")
+    return list(prompt)
+
+
+def token_ids_in_vocabulary(tokens: list[int], n_vocab: int) -> None:
+    """Refuse token ids the model has no token for (llama.cpp would fail on them)."""
+    for i, token in enumerate(tokens):
+        if not 0 <= token < n_vocab:
+            raise _error("prompt", f"token id {token} (item {i}) is outside the model's vocabulary "
+                                   f"[0, {n_vocab})")
 
 
 def _stops(body: dict) -> list[str]:
