@@ -264,6 +264,9 @@ class Model:
 
 
 # --- context -------------------------------------------------------------------------------------
+PROMPT_LOGITS_CHUNK = 128  # prompt tokens per decode when every token's logits are wanted
+
+
 @dataclass
 class ContextSize:
     cells: int  # KV cells of each sequence's stream, or of the one pool all share when unified
@@ -368,17 +371,26 @@ class Context:
         ptr = lc.llama_get_logits(self._ctx)
         return np.ctypeslib.as_array(ptr, shape=(n_out, self.model.n_vocab))
 
-    def prefill(self, tokens: list[int], seq_id: int, start_pos: int = 0) -> np.ndarray:
-        """Decode a prompt into one sequence in n_batch chunks; return the last token's logits (copy)."""
-        step = self.size.n_batch
+    def prefill(self, tokens: list[int], seq_id: int, start_pos: int = 0, on_logits=None) -> np.ndarray:
+        """Decode a prompt into one sequence in n_batch chunks; return the last token's logits (copy).
+
+        With `on_logits`, every token's logits, chunk by chunk: `on_logits(index in tokens of the
+        chunk's first token, their logits view)`, chunks of at most PROMPT_LOGITS_CHUNK tokens (llama.cpp
+        keeps its output buffer as large as the most logits one batch asked for).
+        """
+        step = self.size.n_batch if on_logits is None else min(self.size.n_batch, PROMPT_LOGITS_CHUNK)
         logits = None
         for begin in range(0, len(tokens), step):
             chunk = tokens[begin : begin + step]
             want = np.zeros(len(chunk), dtype=np.int8)
-            if begin + len(chunk) == len(tokens):
+            if on_logits is not None:
+                want[:] = 1
+            elif begin + len(chunk) == len(tokens):
                 want[-1] = 1
             pos = np.arange(start_pos + begin, start_pos + begin + len(chunk), dtype=np.int32)
             logits = self.decode(chunk, pos, np.full(len(chunk), seq_id, dtype=np.int32), want)
+            if on_logits is not None:
+                on_logits(begin, logits)
         return np.array(logits[-1], copy=True)
 
     # sequences ----------------------------------------------------------------------------------

@@ -268,5 +268,4 @@ def test_refused_where_it_cannot_run(toy_file, tmp_path):
             "--out", out, "--method", "eager-conf", "-M", "8"]
     one_line_error(eager(*base, "--ac-threshold", "0.4"), "ac-threshold")
     one_line_error(eager(*base, "--deepconf-window", "0"), "deepconf-window")
-    one_line_error(eager(*base, "--ray"), "eager-conf", "--ray")
     assert not os.path.exists(out)

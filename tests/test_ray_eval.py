@@ -1,10 +1,12 @@
 """`eval --ray` on a real Ray cluster on loopback: the records equal a one-process run's, through the
-death of a worker and of the driver.
+death of a worker and of the driver, for the confidence methods too.
 
 A cluster of 2 CPUs is started with `ray start --head` (as a user starts one), and `eager-local eval
 --ray ADDRESS` runs against it with --threads 1, so it places 2 actors. The reference is the same
 command without --ray. A record's every field but its wall time must match: a prompt's random
-streams depend on its position in the dataset, never on the actor that drew it.
+streams depend on its position in the dataset, never on the actor that drew it. The wave journals
+(one row per prompt and round) are compared the same way, per-token confidences and finish reasons
+included: a confidence method's watch runs in the actor and must bring back exactly what it saw.
 """
 
 from __future__ import annotations
@@ -29,20 +31,31 @@ RAY = str(Path(sys.executable).parent / "ray")
 EVAL = ["eval", "--dataset", "arith:16:7", "--method", "parallel,eager-init", "-M", "4", "-n", "40", "--theta", "2.0",
         "--threads", "1", "--no-progress"]
 FIRST_POINT = "parallel_M4.jsonl"
+# The confidence methods: at -M 8 deepconf's watched wave and eager-conf's later waves (EAGer trees,
+# whose forks start from their parent's confidences) stop sequences `low_confidence`; deepconf-high
+# borrows deepconf-low's warm-up. A few tens of seconds on one core.
+CONF_EVAL = ["eval", "--dataset", "arith:8:7", "--method", "deepconf-low,deepconf-high,eager-conf", "-M", "8",
+             "-n", "40", "--theta", "2.0", "--threads", "1", "--no-progress"]
+CONF_FIRST_JOURNAL = "deepconf-low_M8.waves.jsonl"
 
 
 def eager_local(args, **kwargs):
     return subprocess.run([sys.executable, "-m", "eager_local", *args], capture_output=True, text=True, **kwargs)
 
 
+def row_key(row: dict) -> tuple:
+    """A record's place: its prompt, and its round in a wave journal (which logs a row per wave)."""
+    return row["id"], row.get("round", 0)
+
+
 def records(run: Path) -> dict[str, list[dict]]:
-    """Every results file of a run: its records without their wall time, in id order."""
+    """Every results file and wave journal of a run: its rows without their wall time, in key order."""
     out = {}
     for path in sorted(run.glob("*.jsonl")):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         for row in rows:
             row.pop("wall_time", None)
-        out[path.name] = sorted(rows, key=lambda r: r["id"])
+        out[path.name] = sorted(rows, key=row_key)
     return out
 
 
@@ -50,10 +63,16 @@ def assert_same_records(run: Path, reference: Path) -> None:
     got, want = records(run), records(reference)
     assert sorted(got) == sorted(want)
     for name in want:
-        ids = [r["id"] for r in got[name]]
-        assert len(ids) == len(set(ids)), f"{name}: a prompt written twice"
-        assert len(ids) == len(want[name]), f"{name}: {len(want[name]) - len(ids)} prompt(s) lost"
+        keys = [row_key(r) for r in got[name]]
+        assert len(keys) == len(set(keys)), f"{name}: a prompt (or wave) written twice"
+        assert len(keys) == len(want[name]), f"{name}: {len(want[name]) - len(keys)} prompt(s) lost"
         assert got[name] == want[name], name
+
+
+def finish_reasons(run: Path, name: str, *, forks: bool = False) -> list[str]:
+    """The finish reasons of a wave journal's sequences (only the forked ones: `forks`)."""
+    return [s["finish_reason"] for r in records(run)[name] for s in r["sequences"]
+            if not forks or s["parent"] is not None]
 
 
 def lines(path: Path) -> int:
@@ -83,6 +102,22 @@ def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("plain") / "run"
     r = eager_local([*EVAL, "--out", str(out)])
     assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def confidence_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plain-conf") / "run"
+    r = eager_local([*CONF_EVAL, "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    # The data must exercise what the watch decides: early stops in both methods, forked sequences
+    # of eager-conf among them, and a borrowed warm-up.
+    assert "low_confidence" in finish_reasons(out, CONF_FIRST_JOURNAL)
+    assert "low_confidence" in finish_reasons(out, "eager-conf_theta2_M8.waves.jsonl", forks=True)
+    assert all(r.get("borrowed_from") == "deepconf-low"
+               for r in records(out)["deepconf-high_M8.waves.jsonl"] if r["round"] == 1)
+    confs = [s["confidences"] for r in records(out)[CONF_FIRST_JOURNAL] for s in r["sequences"]]
+    assert confs and all(len(c) > 0 for c in confs)
     return out
 
 
@@ -145,8 +180,10 @@ def test_a_lost_driver_resumes(reference, ray_address, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    done_before = lines(out / FIRST_POINT)
-    assert 3 <= done_before < 16
+    # Records arrive in bursts, so the first point may be complete by the kill; the run as a whole
+    # (16 prompts x 2 points) must not be, or there is nothing to resume.
+    done_before = sum(lines(path) for path in out.glob("*.jsonl"))
+    assert 3 <= done_before < 32
     # The actors belonged to the killed driver: Ray ends them with it.
     wait_for(lambda: not worker_pids(), 60, "the dead driver's actors to end")
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -174,13 +211,53 @@ def test_a_budget_is_refused_with_ray(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_deepconf_is_refused_with_ray(tmp_path):
-    command = [a if a != "parallel,eager-init" else "parallel,deepconf-low" for a in EVAL]
-    r = eager_local([*command, "--ray", "--out", str(tmp_path / "run")])
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [
-        "Error: deepconf-low cannot run with --ray: its per-token confidences are watched in the process that decodes"]
-    assert not (tmp_path / "run").exists()
+def test_confidence_methods_on_ray_equal_one_process(confidence_reference, ray_address, tmp_path):
+    out = tmp_path / "run"
+    r = eager_local([*CONF_EVAL, "--ray", ray_address, "--out", str(out)], timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "Ray: 2 actor(s) x 1 thread(s)" in r.stderr
+    assert_same_records(out, confidence_reference)
+
+
+def test_a_killed_worker_loses_no_confidences(confidence_reference, ray_address, tmp_path):
+    """The prompts of a dead actor are redone by the other with fresh watches: not one confidence of
+    the dead attempt may reach a record."""
+    wait_for(lambda: not worker_pids(), 60, "the actors of earlier runs to end")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "eager_local", *CONF_EVAL, "--ray", ray_address, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # The journal opens once the actors are ready; its first round (the warm-up waves of all 8
+        # prompts, shared by both actors) then takes several seconds: the kill lands inside it.
+        wait_for(lambda: ((out / CONF_FIRST_JOURNAL).exists() and len(worker_pids()) == 2) or proc.poll() is not None,
+                 300, "the first round on two actors")
+        time.sleep(3)
+        assert proc.poll() is None, "the run ended before a worker could be killed"
+        pids = worker_pids()
+        assert len(pids) == 2, pids
+        os.kill(pids[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert re.search(r"Ray actor \d died \(\w+\); [1-9]\d* prompt\(s\) go to the others", stderr), stderr
+    assert_same_records(out, confidence_reference)
+
+
+def test_request_hooks_travel_only_as_a_watch():
+    """What runs in an actor must bring its state back: hooks that are a watch's methods do; any
+    other hook is refused before it is sent, rather than watched where nobody reads it."""
+    from eager_local.cluster.worker import watch_of
+    from eager_local.engine import Request
+    from eager_local.eval.deepconf import Watch
+
+    assert watch_of(Request(tokens=[1])) is None
+    watch = Watch(4, None)
+    request = Request(tokens=[1], on_logprobs=watch.on_logprobs, on_token=watch.on_token)
+    assert watch_of(request) is watch
+    with pytest.raises(TypeError, match="per-token hooks must be methods of an object with state"):
+        watch_of(Request(tokens=[1], index=3, on_token=lambda tree, seq, token: None))
 
 
 def test_without_ray_installed_one_line(tmp_path):

@@ -1,7 +1,8 @@
 """Evaluation on a Ray cluster: actors hold the model, the driver sends prompts and writes results.
 
     worker.py    EvalWorker, the Ray actor: resolves and checks the model on its node, loads it
-                 once, serves requests through a ServingLoop (prompts join its running batch)
+                 once, serves requests through a ServingLoop (prompts join its running batch); a
+                 request's watch (per-token confidences) runs there and its state returns with the tree
     dispatch.py  one `stream` call spread over the actors: keeps each actor's batch full, takes
                  each tree as it completes, sends a dead actor's prompts to the others
     runner.py    RayRunner: what `Evaluation` (eval/runner.py) needs of a runner (prompts,

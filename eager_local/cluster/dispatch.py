@@ -5,8 +5,9 @@ here reads and turns into events on one queue; the driver's thread alone decides
 
     READY n   the actor's context holds n prompts at once: send it up to n + HEADROOM requests,
               so prompts are waiting in its loop whenever one finishes (its batch stays full)
-    TREE t    a prompt completed: yield it to the caller (who writes its record) and top the
-              actor up again from the prompts not yet sent
+    TREE t    a prompt completed: hand the state of its request's watch (if any) to the driver's
+              watch of that request, yield the tree to the caller (who writes its record) and top
+              the actor up again from the prompts not yet sent
     DIED      the actor's process died: every request it held goes back to the front of the
               queue for the actors still alive; the listener waits for Ray to restart it (Ray's
               `max_restarts`), and a restarted actor says READY again and rejoins
@@ -29,7 +30,7 @@ from ..config import GenerationConfig
 from ..engine import Request, StepStats
 from ..tree import Tree
 from . import ClusterError
-from .worker import READY, STATS, TREE
+from .worker import READY, STATS, TREE, watch_of
 
 # Requests sent beyond what an actor's context holds at once: enough that its loop always has a
 # prompt waiting when one finishes (a round trip to the driver is far shorter than a step), few
@@ -75,8 +76,11 @@ class Dispatch:
                     self.capacity[i] = payload
                     self._top_up(i)
                 elif kind == TREE:
-                    self.held[i].pop(payload.index)
-                    yield payload
+                    tree, state = payload
+                    request = self.held[i].pop(tree.index)
+                    if state is not None:
+                        watch_of(request).restore(state)
+                    yield tree
                     self._top_up(i)
                 elif kind == DIED:
                     self._requeue(i, payload)

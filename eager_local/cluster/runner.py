@@ -4,7 +4,8 @@
 above all, `stream(requests, config)`: the trees of a batch of prompts as they complete. RayRunner
 builds prompts from the model's vocabulary alone (no weights in the driver) and spreads every
 `stream` call over its actors (dispatch.py), so parallel sampling, EAGer-init, the reallocation
-rounds of eager-adapt and eager, and the rivals' waves all run on the cluster unchanged.
+rounds of eager-adapt and eager, and the rivals' waves all run on the cluster unchanged; the
+confidence methods' watches run in the actors and their state returns with each tree (worker.py).
 
 Actors: one per `threads` CPUs of each node (Ray's `num_cpus`, so actors never oversubscribe a
 node; llama.cpp's thread count is set to the same number explicitly, since Ray sets
@@ -28,7 +29,7 @@ from ..models import ResolvedModel
 from ..tree import Tree
 from . import ClusterError, import_ray
 from .dispatch import REJOINS, Dispatch
-from .worker import EvalWorker
+from .worker import EvalWorker, watch_of
 
 # Seconds every actor has to resolve, check and load its model before the run gives up (a node
 # may first have to pull the model from the registry).
@@ -118,8 +119,10 @@ class RayRunner(PromptBuilder):
                on_token=None) -> Iterator[Tree]:
         """Generate for the requests on the actors; yield each prompt's tree as it completes.
 
-        Tokens are not watched one by one across the cluster (`on_token` is not called), and a token
-        budget cannot be kept exactly by actors that do not share a counter: one is refused.
+        A request's own hooks run in the actor that decodes it, and the state of its watch is back
+        in the driver's watch when its tree is yielded (worker.py). The call's `on_token` is not
+        called (tokens are not streamed across the cluster one by one), and a token budget cannot be
+        kept exactly by actors that do not share a counter: one is refused.
         """
         if budget is not None and budget.limit is not None:
             raise ClusterError("a token budget (--budget) cannot be kept across Ray actors")
@@ -127,6 +130,8 @@ class RayRunner(PromptBuilder):
         if not requests:
             return
         check_prompt_lengths(requests, self.n_ctx_train)
+        for request in requests:
+            watch_of(request)  # hooks whose state could not come back are refused before any work
         yield from Dispatch(self.ray, self.actors, requests, config, self.stats, log=self.log).run()
 
     def close(self) -> None:

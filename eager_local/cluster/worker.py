@@ -13,6 +13,13 @@ generator: it yields each prompt's tree the moment it completes, then the stretc
 
 The actor is threaded (Ray `max_concurrency`): `serve` occupies one thread for the whole stretch
 while `submit` and `finish` run on others; only `serve`'s thread touches llama.cpp.
+
+A request's per-token hooks (`on_logprobs`, `on_token`: the methods of a wave's watch, which reads
+each token's confidence and may end a sequence, eval/deepconf.py) run here, where the tokens are
+decoded: the request arrives pickled with its watch, this copy watches, and `serve` yields the
+copy's `state()` with the tree, which the driver hands to its own watch (`restore`) before the tree
+goes on. A request the driver sends again (its actor died) carries the driver's watch, which has
+watched nothing: the new attempt starts from no confidences.
 """
 
 from __future__ import annotations
@@ -28,8 +35,22 @@ from ..errors import USER_ERRORS, EagerError
 
 # What `serve` yields, as (kind, payload) pairs.
 READY = "ready"  # payload: how many prompts the actor's context holds at once
-TREE = "tree"  # payload: a completed prompt's Tree
+TREE = "tree"  # payload: (a completed prompt's Tree, its request's watch state or None)
 STATS = "stats"  # payload: the stretch's step counts, last
+
+
+def watch_of(request: Request):
+    """The object whose methods are the request's per-token hooks (a deepconf.Watch), or None when it
+    has none. Its state must be able to travel back with the tree (`state()` here, `restore` there);
+    hooks of another kind would watch a copy whose findings never reach the driver: refused."""
+    hook = request.on_logprobs or request.on_token
+    if hook is None:
+        return None
+    watch = getattr(hook, "__self__", None)
+    if not (hasattr(watch, "state") and hasattr(watch, "restore")):
+        raise TypeError(f"request {request.index}: per-token hooks must be methods of an object with "
+                        f"state() and restore() to run in a Ray actor, got {hook!r}")
+    return watch
 
 
 class WorkerError(EagerError):
@@ -80,8 +101,9 @@ class EvalWorker:
         stats = self.llm.count_steps()
         loop = self.llm.serving_loop(config, inbox, prompt_tokens=prompt_tokens, slots=slots)
         yield READY, loop.concurrent
-        for _request, tree in loop.serve():
-            yield TREE, tree
+        for request, tree in loop.serve():
+            watch = watch_of(request)
+            yield TREE, (tree, None if watch is None else watch.state())
         self._inbox = None
         yield STATS, {"steps": stats.steps, "row_steps": stats.row_steps, "prompt_steps": stats.prompt_steps,
                       "peak_rows": stats.peak_rows, "peak_prompts": stats.peak_prompts}

@@ -169,18 +169,30 @@ class StepLoop:
         return self._think_tokens[marker]
 
     def _prefill(self, run: PromptRun, llama_id: int) -> np.ndarray:
-        """Decode the prompt into `llama_id` (after the part a kept sequence already holds); its last logits."""
+        """Decode the prompt into `llama_id` (after the part a kept sequence already holds); its last
+        logits. A request with `on_prompt_logprobs` gets its prompt tokens' log-probabilities."""
         request = run.request
         start = 0
         if request.prefix_seq is not None:
             start = min(request.reuse, len(request.tokens) - 1)  # decode at least one token for logits
             self.ctx.fork(request.prefix_seq, llama_id)
             self.ctx.truncate(llama_id, start)
+        scored: list[tuple] = []
+        on_logits = None
+        if request.on_prompt_logprobs is not None:
+            def on_logits(first: int, logits: np.ndarray) -> None:  # row i predicts the token after it
+                for i in range(len(logits)):
+                    if (at := start + first + i + 1) < len(request.tokens):
+                        token = request.tokens[at]
+                        scored.append((token, *token_logprobs(logits[i], token, request.top_logprobs)))
         try:
-            return self.ctx.prefill(request.tokens[start:], llama_id, start_pos=start)
+            logits = self.ctx.prefill(request.tokens[start:], llama_id, start_pos=start, on_logits=on_logits)
         except KVCacheFull:
             self.ctx.drop(llama_id)  # earlier chunks may have landed
             raise
+        if request.on_prompt_logprobs is not None:
+            request.on_prompt_logprobs(scored)
+        return logits
 
     # sequence ids -------------------------------------------------------------------------------
     def _reserved_ids(self) -> int:

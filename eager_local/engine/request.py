@@ -22,7 +22,10 @@ class Request:
     requests); the single overrides below still win over it. `on_token` watches this request's
     tokens only, in addition to the call's callback. `on_logprobs`, when set, receives each of its
     tokens' log-probability (log-softmax of the raw logits) and the `top_logprobs` most likely
-    tokens, just before `on_token` sees the token.
+    tokens, just before `on_token` sees the token. `on_prompt_logprobs`, when set, receives the
+    same for the prompt's own tokens once it is prefilled: a list of (token, log-probability, top)
+    for each prompt token after the first (after `reuse`, with a kept prefix); only then does the
+    prefill compute logits for every prompt token.
     """
 
     tokens: list[int]
@@ -41,6 +44,7 @@ class Request:
     on_token: TokenCallback | None = None
     on_logprobs: LogprobCallback | None = None
     top_logprobs: int = 0
+    on_prompt_logprobs: PromptLogprobCallback | None = None
 
 
 # Called after every token a sequence receives: (its prompt's tree, the sequence, the token). A
@@ -51,3 +55,7 @@ TokenCallback = Callable[[T.Tree, T.Sequence, int], "bool | str | None"]
 # Called with (the sequence, its new token, that token's log-probability, the top alternatives as
 # [(token, log-probability)], most likely first).
 LogprobCallback = Callable[[T.Sequence, int, float, "list[tuple[int, float]]"], None]
+
+# Called once, after the prefill, with (token, log-probability, top alternatives) for each prompt
+# token after the first (after `reuse`), in order.
+PromptLogprobCallback = Callable[[list[tuple[int, float, "list[tuple[int, float]]"]]], None]

@@ -117,7 +117,11 @@ class Watch:
     sequence's window sum. A sequence forked from another (an EAGer tree) is judged on its whole
     text: its confidences start as its parent's over the shared prefix, so its window spans the
     fork. (At the fork both have the same confidence: it depends on the distribution, not on the
-    token drawn from it.)"""
+    token drawn from it.)
+
+    The watch runs where the wave decodes: its methods are the request's hooks, so a request sent
+    to a Ray actor carries a copy of it, the copy watches and stops the sequences there, and its
+    `state()` comes back with the tree, for the driver's watch to `restore` and `annotate` from."""
 
     def __init__(self, window: int, threshold: float | None, top_k: int = C.TOP_K):
         self.window = window
@@ -145,15 +149,24 @@ class Watch:
     def on_token(self, tree, seq, token: int) -> str | None:
         return LOW_CONFIDENCE if seq.id in self._low else None
 
+    def state(self) -> dict[int, list[int]]:
+        """What `annotate` reads of the watched tokens: each sequence's confidences, in thousandths."""
+        return self.confs
+
+    def restore(self, state: dict[int, list[int]]) -> None:
+        """Take the `state()` of this watch's copy that watched the tokens in another process."""
+        self.confs = state
+
     def annotate(self, record: dict) -> None:
         """Add to a wave's record its threshold and each sequence's confidences (its own tokens',
         after the prefix it shares with its parent) and lowest group confidence (over its whole text)."""
         record["threshold"] = self.limit
         for s in record["sequences"]:
             confs = self.confs.get(s["id"], [])
-            if len(confs) != s["tokens"]:  # the runner did not call on_logprobs here (a remote engine)
+            if len(confs) != s["tokens"]:  # the runner neither called on_logprobs nor restored their state
                 raise ConfigError(f"{record['method']}: no per-token confidences came back for prompt "
-                                  f"{record['id']!r}; confidences are watched in this process (not with --ray)")
+                                  f"{record['id']!r}; the runner must call the request's hooks or return "
+                                  "their state with the tree")
             s["confidences"] = [c / 1000 for c in confs[s["fork_at"]:]]
             s["min_conf"] = C.lowest_group_confidence(confs, self.window)
 

@@ -22,9 +22,12 @@ rounds (at 0.95 the first wave is 4: P = 1 − 2^−(a+1) < 0.95 for a ≤ 3 una
 The wave-rule interface. eval/waves.py runs any rule with these members: `engine_method` (how a
 wave decodes: full parallel sampling, or an EAGer tree), `next_wave(answers)`, `decide(answers,
 wave)`, `votes(record)` (the answers a wave's record adds to the prompt's), `watch(request,
-earlier_waves)` (per-token hooks on a wave's request, or None) and `merge(point, waves,
-stopped_by)` (the prompt's record). WaveRule is the plain case; deepconf.DeepConfRule and
-eagerconf.EagerConfRule watch tokens and keep confidences.
+earlier_waves)` (hooks the wave's request with the methods of one object, which it returns, or
+None) and `merge(point, waves, stopped_by)` (the prompt's record). A watch has `annotate(record)`
+(what it saw, into the wave's record) and `state()` / `restore(state)`: the hooks run where the
+wave decodes, and a runner that decodes in another process (a Ray actor, cluster/worker.py) brings
+the state of its copy back. WaveRule is the plain case; deepconf.DeepConfRule and
+eagerconf.EagerConfRule watch tokens (deepconf.Watch) and keep confidences.
 
 Defaults (docs/eager-method.md, "Adaptive-Consistency and ESC"): threshold 0.95 as in the paper;
 the cap is the evaluation's -M (40 in both papers); ESC's window is the paper's 5 unless two windows

@@ -7,7 +7,9 @@ its rule could fire; DeepConf's warm-up, then the rest of M), and all those wave
 `EagerLocal.stream` call: a wave is full parallel sampling of the prompt (or, for eager-conf, an
 EAGer tree) with cap = its size, so the engine decodes the waves of many prompts in one batch, as
 it does for parallel and EAGer-init. A rule may watch a wave's tokens (`watch`: DeepConf's
-confidences and early stops). When the round's trees are in, each prompt's rule looks at every
+confidences and early stops); the watch runs where the wave decodes (in this process, or in the Ray
+actor that holds the request, whose watch's state the runner restores here before it yields the
+tree), and annotates the wave's record here. When the round's trees are in, each prompt's rule looks at every
 vote it has (`votes`: answers as extracted when the wave's record was written,
 eager_local/answers.py) and stops it or not; a prompt also stops at the cap (-M) or when a wave
 drew nothing (token budget gone).

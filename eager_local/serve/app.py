@@ -3,7 +3,8 @@
     GET  /health                 liveness, the loop's capacity and how full it keeps its batches
     GET  /v1/models              the one model served
     POST /v1/chat/completions    messages → one choice per branch (streamed with "stream": true)
-    POST /v1/completions         a prompt (text or token ids) → the same, as text completions
+    POST /v1/completions         a prompt (text or token ids) → the same, as text completions (echo:
+                                 the prompt first, in the text and the logprobs)
 
 Every refusal is an OpenAI error object with a 4xx status: a bad body (schema.py), a missing or
 wrong key (401), an unknown model (404), a body over `MAX_BODY` (413), an unknown route. With
@@ -122,7 +123,7 @@ class _Server:
         tokens = self._tokens(ask)
         job = Job(ask, tokens, ask.prompt if isinstance(ask.prompt, str) else "", asyncio.get_running_loop(),
                   self.model)
-        reply = Reply(ask, self.limits.model, len(tokens), self.model)
+        reply = Reply(ask, self.limits.model, tokens, self.model)
         self.scheduler.submit(job)
         if ask.stream:
             return StreamingResponse(self._stream(job, reply), media_type="text/event-stream",
@@ -133,7 +134,7 @@ class _Server:
         if not tree.started:
             raise ApiError("no room in the KV cache for this prompt now; retry later", status=503,
                            kind="server_error")
-        return JSONResponse(reply.body(tree, job.logprobs))
+        return JSONResponse(reply.body(tree, job.logprobs, job.prompt_logprobs))
 
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -188,8 +189,9 @@ class _Server:
 
     async def _stream(self, job: Job, reply: Reply):
         """Server-sent events: the first branch as it grows (and, when the client chose n, every
-        branch as its own choice index), then each choice's finish, usage on request, the eager
-        object on the last chunk, and [DONE]."""
+        branch as its own choice index; with echo, a choice's first chunk starts with the prompt),
+        then each choice's finish (with its logprobs, the prompt's first under echo), usage on
+        request, the eager object on the last chunk, and [DONE]."""
         ask = job.ask
         every_branch = ask.n_given
         sent: dict[int, int] = {}  # characters sent per choice index
@@ -212,7 +214,7 @@ class _Server:
                     yield _sse({"error": {"message": "the engine failed on this request", "type": "server_error",
                                           "param": None, "code": None}})
                     return
-                for chunk in self._closing_chunks(reply, event[1], sent, every_branch, job.logprobs):
+                for chunk in self._closing_chunks(reply, event[1], sent, every_branch, job):
                     yield _sse(chunk)
                 yield _sse("[DONE]")
                 return
@@ -221,7 +223,7 @@ class _Server:
                 self.scheduler.cancel(job)
 
     @staticmethod
-    def _closing_chunks(reply: Reply, tree, sent: dict[int, int], every_branch: bool, logprobs) -> list[dict]:
+    def _closing_chunks(reply: Reply, tree, sent: dict[int, int], every_branch: bool, job: Job) -> list[dict]:
         texts = reply.texts(tree)
         chunks = []
         for seq, text in zip(tree.sequences, texts):
@@ -231,7 +233,7 @@ class _Server:
             if rest or seq.id not in sent:
                 chunks.append(reply.chunk(seq.id, rest, first=seq.id not in sent))
             chunks.append(reply.chunk(seq.id, finish=FINISH[seq.finish_reason],
-                                      logprobs=reply.logprobs(logprobs, seq.id)))
+                                      logprobs=reply.logprobs(job.logprobs, seq.id, job.prompt_logprobs)))
         if reply.ask.include_usage or not chunks:
             chunks.append(reply.usage_chunk(tree))
         chunks[-1]["eager"] = reply.eager(tree, texts, with_texts=not every_branch)

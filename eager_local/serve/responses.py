@@ -4,10 +4,20 @@ and the `eager` object (the branches, where they forked and why, the voted answe
 One choice per sequence of the tree, its index the sequence's id (0 is the first branch, the one
 a chat streams). `usage.completion_tokens` is the tree's #T: every generated token once, a prefix
 that branches share counted once, since the KV cache computed it once.
+
+With `echo` (completions), every choice's text starts with the prompt: a text prompt as it was
+sent, token ids as their text. Its logprobs then list the prompt's tokens first, the first one's
+log-probability and alternatives null (nothing precedes it), as OpenAI's and vLLM's do; then the
+generated tokens, an end-of-generation token included: lm-evaluation-harness's `parse_logprobs`
+takes the last entry for the one token it asked to generate, so leaving it out would cost the
+prompt's last token. Streamed, a choice's first chunk carries the prompt (as vLLM sends it).
+`text_offset` is where each token's text starts in the choice's text (a token that starts inside
+a character points at that character; an end-of-generation token, at the text's end).
 """
 
 from __future__ import annotations
 
+import codecs
 import time
 import uuid
 
@@ -23,12 +33,16 @@ FINISH = {T.STOP: "stop", T.LENGTH: "length", T.BUDGET: "length", T.KV_FULL: "le
 class Reply:
     """What every object of one response shares: its id, creation time, model and kind."""
 
-    def __init__(self, ask: Ask, model: str, prompt_tokens: int, vocab=None):
+    def __init__(self, ask: Ask, model: str, prompt: list[int], vocab=None):
         self.ask = ask
         self.model = model
         self.vocab = vocab  # the llama Model: token texts for logprobs
-        self.prompt_tokens = prompt_tokens
+        self.prompt = prompt  # the prompt's token ids
+        self.prompt_tokens = len(prompt)
         self.chat = ask.kind == "chat"
+        self.echo = ""  # what precedes each choice's text
+        if ask.echo:
+            self.echo = ask.prompt if isinstance(ask.prompt, str) else vocab.detokenize(prompt)
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
@@ -40,16 +54,17 @@ class Reply:
         """Each sequence's text, cut where a stop string starts."""
         return [cut_at_stop(seq.text, self.ask.stop) for seq in tree.sequences]
 
-    def body(self, tree: T.Tree, logprobs: dict[int, list] | None = None) -> dict:
+    def body(self, tree: T.Tree, logprobs: dict[int, list] | None = None,
+             prompt_logprobs: list | None = None) -> dict:
         texts = self.texts(tree)
         choices = []
         for seq, text in zip(tree.sequences, texts):
             choice = {"index": seq.id, "finish_reason": FINISH[seq.finish_reason],
-                      "logprobs": self.logprobs(logprobs, seq.id)}
+                      "logprobs": self.logprobs(logprobs, seq.id, prompt_logprobs)}
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": text}
             else:
-                choice["text"] = text
+                choice["text"] = self.echo + text
             choices.append(choice)
         out = self._object("chat.completion" if self.chat else "text_completion", choices)
         out["usage"] = self.usage(tree)
@@ -87,19 +102,29 @@ class Reply:
             "votes": len(groups[0]) if groups else 0,
         }
 
-    def logprobs(self, logprobs: dict[int, list] | None, index: int) -> dict | None:
-        """A choice's logprobs in the endpoint's format (None when the request asked for none).
-        End-of-generation tokens are not part of the text and not listed."""
+    def logprobs(self, logprobs: dict[int, list] | None, index: int, prompt: list | None = None) -> dict | None:
+        """A choice's logprobs in the endpoint's format (None when the request asked for none);
+        with echo, the prompt's (`prompt`: the entries of its tokens after the first) come first.
+        End-of-generation tokens are not part of the text and are listed only with echo."""
         if self.ask.logprobs is None or logprobs is None:
             return None
-        entries = [e for e in logprobs.get(index, []) if not self.vocab.is_eog(e[0])]
+        echo = self.ask.echo and not self.chat
+        entries = [e for e in logprobs.get(index, []) if echo or not self.vocab.is_eog(e[0])]
         if self.chat:
             return {"content": [dict(self._token(token, logprob), top_logprobs=[self._token(t, lp) for t, lp in top])
                                 for token, logprob, top in entries], "refusal": None}
-        texts = [self._text(token) for token, _, _ in entries]
-        offsets = [sum(len(t) for t in texts[:i]) for i in range(len(texts))]
-        return {"tokens": texts, "token_logprobs": [lp for _, lp, _ in entries],
-                "top_logprobs": [{self._text(t): lp for t, lp in top} for _, _, top in entries],
+        offsets = [len(self.echo) + at for at in _offsets(self.vocab, [t for t, _, _ in entries])]
+        if echo:
+            head = [(self.prompt[0], None, None)] + list(prompt or [])
+            # a text prompt's text may lack what the tokenizer added before it (a start-of-text token)
+            shift = max(0, len(self.vocab.detokenize(self.prompt)) - len(self.echo))
+            in_prompt = _offsets(self.vocab, [t for t, _, _ in head], skip_eog=False)
+            offsets = [max(0, at - shift) for at in in_prompt] + offsets
+            entries = head + entries
+        return {"tokens": [self._text(token) for token, _, _ in entries],
+                "token_logprobs": [lp for _, lp, _ in entries],
+                "top_logprobs": [None if top is None else {self._text(t): lp for t, lp in top}
+                                 for _, _, top in entries],
                 "text_offset": offsets}
 
     def _text(self, token: int) -> str:
@@ -121,6 +146,8 @@ class Reply:
                 delta["content"] = text
             choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             return self._object("chat.completion.chunk", [choice])
+        if first:  # with echo, a choice's text starts with the prompt
+            text = self.echo + (text or "")
         choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
         return self._object("text_completion", [choice])
 
@@ -128,3 +155,16 @@ class Reply:
         out = self._object("chat.completion.chunk" if self.chat else "text_completion", [])
         out["usage"] = self.usage(tree)
         return out
+
+
+def _offsets(vocab, tokens: list[int], *, skip_eog: bool = True) -> list[int]:
+    """Where each token's text starts in the text of them all, in characters: a token that starts
+    inside a character (its bytes split over tokens) points at that character. End-of-generation
+    tokens add nothing to a generated text (`skip_eog`); a prompt's text shows them."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    offsets, chars = [], 0
+    for token in tokens:
+        offsets.append(chars)
+        if not (skip_eog and vocab.is_eog(token)):
+            chars += len(decoder.decode(vocab.piece(token)))
+    return offsets

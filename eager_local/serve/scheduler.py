@@ -86,9 +86,13 @@ class Job:
         # Per sequence id, (token, log-probability, top alternatives) for each of its tokens, written
         # on the engine's thread and read after "done".
         self.logprobs: dict[int, list[tuple]] = {}
+        # With echo, the same for the prompt's tokens after the first (the prefill computes them).
+        self.prompt_logprobs: list[tuple] | None = None
         if ask.logprobs is not None:
             self.request.on_logprobs = self._on_logprobs
             self.request.top_logprobs = ask.logprobs
+            if ask.echo:
+                self.request.on_prompt_logprobs = self._on_prompt_logprobs
 
     def _on_logprobs(self, seq: T.Sequence, token: int, logprob: float, top: list) -> None:
         entries = self.logprobs.get(seq.id)
@@ -96,6 +100,9 @@ class Job:
             inherited = self.logprobs.get(seq.parent, [])[:seq.fork_at] if seq.parent is not None else []
             entries = self.logprobs[seq.id] = list(inherited)
         entries.append((token, logprob, top))
+
+    def _on_prompt_logprobs(self, entries: list[tuple]) -> None:
+        self.prompt_logprobs = entries
 
     def post(self, event: tuple) -> None:
         """From the engine's thread: hand an event to the HTTP side."""

@@ -8,6 +8,12 @@ exception of the server's.
 
 `n` is the cap M: the most sequences the prompt may branch into. Without `n` the server's own cap
 applies, so a client that knows nothing of EAGer still gets the model's choice of how many.
+
+`echo` (completions only, as in OpenAI's API) returns the prompt before each choice's text and, with
+`logprobs`, the prompt tokens' log-probabilities first. `max_tokens: 0` scores the prompt without
+generating (one choice, no tokens): it goes with `echo`; without it nothing would come back, so it
+is a 400, as vLLM answers. `echo: true` on chat completions is a 400 too: OpenAI's chat API has no
+echo, and ignoring it would hand an echo-reading client an answer it misreads.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ class Ask:
     include_usage: bool = False
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None: none; else the number of top alternatives per token
+    echo: bool = False  # completions: the prompt comes back before the text (and in the logprobs)
     budget: int | None = None  # cap on the prompt's generated tokens (#T)
     n_given: bool = False  # the client chose n (then streaming sends every branch as its choice)
 
@@ -228,6 +235,26 @@ def _logprobs(body: dict, kind: str) -> int | None:
     return (top or 0) if wanted else None
 
 
+def _echo(body: dict, kind: str) -> bool:
+    echo = _bool(body, "echo")
+    if echo and kind == "chat":
+        raise _error("echo", "chat completions do not echo the prompt (nor does OpenAI's chat API); "
+                             "send the prompt to /v1/completions with 'echo': true")
+    return echo
+
+
+def _max_tokens(body: dict, kind: str, echo: bool) -> int | None:
+    """`max_completion_tokens`, else `max_tokens`: >= 1, or 0 with echo (prompt scoring)."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = _int(body, name, low=0)
+        if value == 0 and not echo:
+            hint = " (0 scores the prompt without generating: send it with 'echo': true)"
+            raise _error(name, f"must be >= 1, got 0{hint if kind == 'completion' else ''}")
+        if value is not None:
+            return value
+    return None
+
+
 def _theta(body: dict) -> float | None:
     value = body.get("theta")
     if value is None:
@@ -258,10 +285,12 @@ def parse(body, kind: str, limits: Limits, seed: int) -> Ask:
     n = _int(body, "n", low=1, high=cap.max_sequences)
     if n is not None:
         options["max_sequences"] = n
-    max_tokens = _int(body, "max_completion_tokens", low=1)
-    if max_tokens is None:
-        max_tokens = _int(body, "max_tokens", low=1)
-    if max_tokens is not None:  # longer than the server's cap: cut at the cap (finish_reason "length")
+    echo = _echo(body, kind)
+    budget = _int(body, "budget", low=0)
+    max_tokens = _max_tokens(body, kind, echo)
+    if max_tokens == 0:  # score the prompt only: one sequence, cut before its first token
+        options["max_sequences"], budget = 1, 0
+    elif max_tokens is not None:  # longer than the server's cap: cut at the cap (finish_reason "length")
         options["max_new_tokens"] = min(max_tokens, cap.max_new_tokens)
     temperature = _number(body, "temperature", low=0, high=2)
     if temperature is not None:
@@ -295,5 +324,5 @@ def parse(body, kind: str, limits: Limits, seed: int) -> Ask:
     except ConfigError as e:
         raise ApiError(str(e)) from None
     return Ask(kind=kind, prompt=prompt, config=config, stream=stream, include_usage=include_usage,
-               stop=_stops(body), logprobs=_logprobs(body, kind), budget=_int(body, "budget", low=0),
+               stop=_stops(body), logprobs=_logprobs(body, kind), echo=echo, budget=budget,
                n_given=n is not None)
