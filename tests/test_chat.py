@@ -141,9 +141,9 @@ def prefills(monkeypatch):
     calls = []
     original = Context.prefill
 
-    def counting(self, tokens, seq_id, start_pos=0):
+    def counting(self, tokens, seq_id, start_pos=0, **kwargs):
         calls.append((len(tokens), start_pos))
-        return original(self, tokens, seq_id, start_pos)
+        return original(self, tokens, seq_id, start_pos, **kwargs)
 
     monkeypatch.setattr(Context, "prefill", counting)
     return calls
