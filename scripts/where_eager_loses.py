@@ -17,6 +17,14 @@ recorded on its sequences. Prompts are grouped into
 Also the entropy summary (mean and max of the recorded top-K entropies) of each group's EAGer
 records, and how many parallel samples were right on each lost prompt (1 of 8 right is a lucky
 draw, 6 of 8 a real loss). Grades come from the stored texts, as `eager-local report` grades them.
+
+Then the entropy profile against difficulty, with parallel sampling's share of right samples as
+the difficulty: prompts nobody solves (0), hard but winnable (below one half) and easy (one half
+or more), with EAGer's sequences and its root's entropies in each band. pass@k gains come from the
+middle band — one more independent sample finds an answer there — so a branching rule pays when it
+spends its sequences there rather than on the unwinnable band. Last, how well the root's entropy
+tells a wrong root from a right one (AUROC: the chance that a wrong root's entropy is above a right
+one's; 0.5 = no signal).
 """
 
 from __future__ import annotations
@@ -56,6 +64,44 @@ def fork_positions(record: dict) -> list[float]:
     return out
 
 
+def auroc(positive: list[float], negative: list[float]) -> float | None:
+    """P(a positive's score > a negative's), ties counting one half (the Mann-Whitney statistic)."""
+    if not positive or not negative:
+        return None
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in positive for b in negative)
+    return wins / (len(positive) * len(negative))
+
+
+def root(record: dict) -> dict:
+    return next(s for s in record["sequences"] if s["parent"] is None)
+
+
+def difficulty_bands(par: dict, eager: dict, ids: list[str]) -> None:
+    bands = {"nobody solves (0)": lambda x: x == 0, "hard, winnable (0 < share < 1/2)": lambda x: 0 < x < 0.5,
+             "easy (share >= 1/2)": lambda x: x >= 0.5}
+    print("\nby difficulty (parallel samples right ÷ M)")
+    print("| band | prompts | EAGer #S (mean) | EAGer solves | root entropy max (median) | root entropy mean (median) |")
+    print("|---|---|---|---|---|---|")
+    for band, test in bands.items():
+        members = [i for i in ids if test(par[i]["n_correct"] / par[i]["#S"])]
+        if not members:
+            print(f"| {band} | 0 | | | | |")
+            continue
+        roots = [root(eager[i]) for i in members]
+        maxes = [r["entropy_max"] for r in roots if r["entropy_max"] is not None]
+        means = [r["entropy_mean"] for r in roots if r["entropy_mean"] is not None]
+        print(f"| {band} | {len(members)} | {mean(eager[i]['#S'] for i in members):.2f} "
+              f"| {sum(any(s['correct'] for s in eager[i]['sequences']) for i in members)} "
+              f"| {median(maxes):.3f} | {median(means):.3f} |" if maxes else f"| {band} | {len(members)} | | | | |")
+    roots = [root(eager[i]) for i in ids]
+    for key in ("entropy_max", "entropy_mean"):
+        wrong = [r[key] for r in roots if not r["correct"] and r[key] is not None]
+        right = [r[key] for r in roots if r["correct"] and r[key] is not None]
+        value = auroc(wrong, right)
+        print(f"root {key}: AUROC wrong > right {value:.3f} ({len(wrong)} wrong, {len(right)} right roots)"
+              if value is not None else f"root {key}: no AUROC (needs right and wrong roots)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("parallel_dir", type=Path)
@@ -88,6 +134,7 @@ def main() -> None:
               f"| {sum(r['#S'] == 1 for r in recs)} | – (0 forks) ", end="")
         print(f"| {mean(r['entropy']['mean'] for r in recs):.3f} / {mean(r['entropy']['max'] for r in recs):.2f} "
               f"| {mean(par[i]['n_correct'] for i in members):.2f} of {par[members[0]]['#S']} |")
+    difficulty_bands(par, eager, ids)
     lost = groups["parallel only"]
     if lost:
         print("\nlost by EAGer: id (parallel right / M; EAGer #S; fork positions)")

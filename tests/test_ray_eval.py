@@ -145,14 +145,14 @@ def ray_address(tmp_path_factory):
         subprocess.run(["pkill", "-KILL", "-f", str(temp)], capture_output=True)
 
 
-def test_a_killed_worker_loses_nothing(reference, ray_address, tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "eager_local", *EVAL, "--ray", ray_address, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def run_and_kill_a_worker(args: list[str], ready, what: str, settle: float) -> str:
+    """Start `eager-local <args>` on the cluster, wait until `ready()` and two actors are up, let it
+    run `settle` seconds more, SIGKILL one actor; the run's stderr once it ends (it must end well)."""
+    proc = subprocess.Popen([sys.executable, "-m", "eager_local", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: (lines(out / FIRST_POINT) >= 3 and len(worker_pids()) == 2) or proc.poll() is not None,
-                 300, "the first records from two actors")
-        time.sleep(2)  # both actors hold their share of the prompts by now
+        wait_for(lambda: (ready() and len(worker_pids()) == 2) or proc.poll() is not None, 300, what)
+        time.sleep(settle)
         assert proc.poll() is None, "the run ended before a worker could be killed"
         pids = worker_pids()
         assert len(pids) == 2, pids
@@ -162,6 +162,14 @@ def test_a_killed_worker_loses_nothing(reference, ray_address, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stderr
+    return stderr
+
+
+def test_a_killed_worker_loses_nothing(reference, ray_address, tmp_path):
+    out = tmp_path / "run"
+    # settle: both actors hold their share of the prompts by then
+    stderr = run_and_kill_a_worker([*EVAL, "--ray", ray_address, "--out", str(out)],
+                                   lambda: lines(out / FIRST_POINT) >= 3, "the first records from two actors", 2)
     assert "Ray: 2 actor(s) x 1 thread(s)" in stderr
     # The driver saw the death and handed the prompts the actor held to the other one.
     assert re.search(r"Ray actor \d died \(\w+\); \d+ prompt\(s\) go to the others", stderr), stderr
@@ -224,23 +232,10 @@ def test_a_killed_worker_loses_no_confidences(confidence_reference, ray_address,
     the dead attempt may reach a record."""
     wait_for(lambda: not worker_pids(), 60, "the actors of earlier runs to end")
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "eager_local", *CONF_EVAL, "--ray", ray_address, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        # The journal opens once the actors are ready; its first round (the warm-up waves of all 8
-        # prompts, shared by both actors) then takes several seconds: the kill lands inside it.
-        wait_for(lambda: ((out / CONF_FIRST_JOURNAL).exists() and len(worker_pids()) == 2) or proc.poll() is not None,
-                 300, "the first round on two actors")
-        time.sleep(3)
-        assert proc.poll() is None, "the run ended before a worker could be killed"
-        pids = worker_pids()
-        assert len(pids) == 2, pids
-        os.kill(pids[0], signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, stderr
+    # The journal opens once the actors are ready; its first round (the warm-up waves of all 8
+    # prompts, shared by both actors) then takes several seconds: the kill lands inside it.
+    stderr = run_and_kill_a_worker([*CONF_EVAL, "--ray", ray_address, "--out", str(out)],
+                                   lambda: (out / CONF_FIRST_JOURNAL).exists(), "the first round on two actors", 3)
     assert re.search(r"Ray actor \d died \(\w+\); [1-9]\d* prompt\(s\) go to the others", stderr), stderr
     assert_same_records(out, confidence_reference)
 

@@ -5,6 +5,8 @@
     POST /v1/chat/completions    messages → one choice per branch (streamed with "stream": true)
     POST /v1/completions         a prompt (text or token ids) → the same, as text completions (echo:
                                  the prompt first, in the text and the logprobs)
+    GET  /tokenizer_info         vLLM's tokenizer endpoints, on the model's own tokenizer
+    POST /tokenize, /detokenize  (tokenizer.py): lm-evaluation-harness's tokenizer_backend=remote
 
 Every refusal is an OpenAI error object with a 4xx status: a bad body (schema.py), a missing or
 wrong key (401), an unknown model (404), a body over `MAX_BODY` (413), an unknown route. With
@@ -23,7 +25,6 @@ from collections.abc import Sequence
 from contextlib import asynccontextmanager
 
 import anyio
-from jinja2 import TemplateError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -32,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..llama import LlamaError
+from . import tokenizer
 from .responses import FINISH, Reply
 from .scheduler import Job, Scheduler
 from .schema import ApiError, Ask, Limits, parse, token_ids_in_vocabulary
@@ -60,6 +61,9 @@ def create_app(scheduler: Scheduler, limits: Limits, *, api_key: str | None = No
         Route("/v1/models", server.models, methods=["GET"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/tokenizer_info", server.tokenizer_info, methods=["GET"]),
+        Route("/tokenize", server.tokenize, methods=["POST"]),
+        Route("/detokenize", server.detokenize, methods=["POST"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan, middleware=_cors(cors_origins),
                      exception_handlers={ApiError: _api_error, HTTPException: _http_error})
@@ -97,6 +101,7 @@ class _Server:
         self.limits = limits
         self.api_key = api_key
         self.model = scheduler.runner.model
+        self.context = tokenizer.max_model_len(self.model, scheduler.cells_per_sequence)
 
     # routes ---------------------------------------------------------------------------------------
     async def health(self, request: Request) -> JSONResponse:
@@ -115,6 +120,19 @@ class _Server:
 
     async def completions(self, request: Request) -> Response:
         return await self._complete(request, "completion")
+
+    async def tokenizer_info(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        return JSONResponse(tokenizer.tokenizer_info(self.model, self.context))
+
+    async def tokenize(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        return JSONResponse(tokenizer.tokenize(await _read_json(request), self.scheduler.runner, self.limits,
+                                               self.context))
+
+    async def detokenize(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        return JSONResponse(tokenizer.detokenize(await _read_json(request), self.model, self.limits))
 
     # one request ----------------------------------------------------------------------------------
     async def _complete(self, request: Request, kind: str) -> Response:
@@ -146,16 +164,8 @@ class _Server:
     def _tokens(self, ask: Ask) -> list[int]:
         """The prompt's token ids (chat: through the GGUF's chat template; a completion's text
         tokenized, its token ids as sent); 400 when too long or not the model's."""
-        runner = self.scheduler.runner
         if ask.kind == "chat":
-            messages = ask.prompt
-            if self.limits.system and not any(m["role"] == "system" for m in messages):
-                messages = [{"role": "system", "content": self.limits.system}] + messages
-            try:
-                tokens = runner.chat_tokens(messages)
-            # The template refuses these messages (its raise_exception raises ValueError), or there is none.
-            except (TemplateError, ValueError, LlamaError) as e:
-                raise ApiError(f"the model's chat template refused the messages: {e}", param="messages") from None
+            tokens = tokenizer.chat_tokens(self.scheduler.runner, self.limits, ask.prompt)
         elif isinstance(ask.prompt, str):
             tokens = self.model.tokenize(ask.prompt, add_special=True)
         else:  # token ids: the client's tokenization, used as it is

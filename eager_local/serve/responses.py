@@ -41,8 +41,12 @@ class Reply:
         self.prompt_tokens = len(prompt)
         self.chat = ask.kind == "chat"
         self.echo = ""  # what precedes each choice's text
-        if ask.echo:
+        self.echo_shift = 0  # characters the prompt's detokenized text has before the echoed text
+        if ask.echo:  # (the schema refuses echo on chat)
             self.echo = ask.prompt if isinstance(ask.prompt, str) else vocab.detokenize(prompt)
+            if ask.logprobs is not None:
+                # a text prompt's text may lack what the tokenizer added before it (a start-of-text token)
+                self.echo_shift = max(0, len(vocab.detokenize(prompt)) - len(self.echo))
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
@@ -108,7 +112,7 @@ class Reply:
         End-of-generation tokens are not part of the text and are listed only with echo."""
         if self.ask.logprobs is None or logprobs is None:
             return None
-        echo = self.ask.echo and not self.chat
+        echo = self.ask.echo
         entries = [e for e in logprobs.get(index, []) if echo or not self.vocab.is_eog(e[0])]
         if self.chat:
             return {"content": [dict(self._token(token, logprob), top_logprobs=[self._token(t, lp) for t, lp in top])
@@ -116,10 +120,8 @@ class Reply:
         offsets = [len(self.echo) + at for at in _offsets(self.vocab, [t for t, _, _ in entries])]
         if echo:
             head = [(self.prompt[0], None, None)] + list(prompt or [])
-            # a text prompt's text may lack what the tokenizer added before it (a start-of-text token)
-            shift = max(0, len(self.vocab.detokenize(self.prompt)) - len(self.echo))
             in_prompt = _offsets(self.vocab, [t for t, _, _ in head], skip_eog=False)
-            offsets = [max(0, at - shift) for at in in_prompt] + offsets
+            offsets = [max(0, at - self.echo_shift) for at in in_prompt] + offsets
             entries = head + entries
         return {"tokens": [self._text(token) for token, _, _ in entries],
                 "token_logprobs": [lp for _, lp, _ in entries],

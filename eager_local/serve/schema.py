@@ -190,12 +190,12 @@ def prompt_of(body: dict) -> str | list[int]:
     return list(prompt)
 
 
-def token_ids_in_vocabulary(tokens: list[int], n_vocab: int) -> None:
+def token_ids_in_vocabulary(tokens: list[int], n_vocab: int, param: str = "prompt") -> None:
     """Refuse token ids the model has no token for (llama.cpp would fail on them)."""
     for i, token in enumerate(tokens):
         if not 0 <= token < n_vocab:
-            raise _error("prompt", f"token id {token} (item {i}) is outside the model's vocabulary "
-                                   f"[0, {n_vocab})")
+            raise _error(param, f"token id {token} (item {i}) is outside the model's vocabulary "
+                                f"[0, {n_vocab})")
 
 
 def _stops(body: dict) -> list[str]:
