@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Full parallel sampling at a larger M from a run's parallel point: decode only the new samples.
 
-    python scripts/extend_parallel.py runs/gsm8k-par --to 16 --out runs/gsm8k-par16 [--threads 1]
-    eager-local eval <the source run's options> --method parallel -M 16 --out runs/gsm8k-par16
+    python scripts/extend_parallel.py runs/gsm8k-par --to 16 --out runs/gsm8k-par16 [--sizes 8,12,16] [--threads 1]
+    eager-local eval <the source run's options> --method parallel -M 16 --out runs/gsm8k-par16   # or -M <--sizes>
 
 Sample j of a prompt draws from the random stream (seed, position, j) whatever M is (eval/waves.py:
 `Request.first_sequence`), so the first M samples of a run at M' > M are exactly the samples of the
@@ -16,7 +16,8 @@ The new samples are appended to `<out>/parallel_M<M'>.tail.jsonl` as each prompt
 (fsync'ed): a rerun after Ctrl-C or SIGKILL decodes only the prompts not in it. The merged point is
 written once every prompt is in. Its stats give the source's wall time plus this script's; peak
 memory is left out (two processes). Running `eager-local eval` with the source's options and
-`-M M'` on the new directory then derives M = 1, 2, 4, … from it, without decoding.
+`-M M'` (or the `--sizes` list) on the new directory then derives M = 1, 2, 4, … (and every
+size listed) from it, without decoding.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("source", type=Path, help="run directory with a complete parallel point at M")
     ap.add_argument("--to", type=int, required=True, help="the larger M")
     ap.add_argument("--out", type=Path, required=True, help="new run directory (or this script's, to resume)")
+    ap.add_argument("--sizes", default=None,
+                    help="comma list: the -M list of the new run (what `eval -M` later derives), default --to")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--model", default=None, help="default: the source manifest's model (registry name, else path)")
     args = ap.parse_args()
@@ -77,7 +80,10 @@ def main() -> None:
     if args.to <= m:
         sys.exit(f"--to {args.to} must be larger than the source's M = {m}")
     point = Point("parallel", None, args.to)
-    params = dict(manifest["params"], methods=["parallel"], max_sequences=[args.to])
+    sizes = sorted({int(x) for x in args.sizes.split(",")} | {args.to}) if args.sizes else [args.to]
+    if sizes[-1] != args.to or sizes[0] < 1:
+        sys.exit(f"--sizes must lie in 1 … {args.to}")
+    params = dict(manifest["params"], methods=["parallel"], max_sequences=sizes)
     heads = {r["id"]: r for r in store.read_records(args.source / head_point.records_file)}
 
     runner = EagerLocal(args.model or manifest["model"].get("name") or manifest["model"]["path"], threads=args.threads)

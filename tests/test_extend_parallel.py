@@ -80,3 +80,15 @@ def test_a_smaller_or_equal_target_is_refused(runs):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "must be larger" in r.stderr and "Traceback" not in r.stderr
     assert not (runs / "bad").exists()
+
+
+def test_sizes_name_the_points_eval_derives(runs):
+    out = runs / "sized"
+    r = subprocess.run([sys.executable, str(SCRIPT), str(runs / "small"), "--to", "4", "--sizes", "3", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    r = eager("eval", *ARGS, "-M", "3,4", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    direct = records(runs / "direct" / "parallel_M4.jsonl")
+    for pid, got in records(out / "parallel_M3.jsonl").items():
+        assert [s["text"] for s in got["sequences"]] == [s["text"] for s in direct[pid]["sequences"][:3]]
