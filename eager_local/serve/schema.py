@@ -111,13 +111,21 @@ def _number(body: dict, name: str, *, low: float, high: float, low_open: bool = 
     return float(value)
 
 
-def _bool(body: dict, name: str) -> bool:
-    value = body.get(name, False)
+def _bool(body: dict, name: str, default: bool = False) -> bool:
+    value = body.get(name)
     if value is None:
-        return False
+        return default
     if not isinstance(value, bool):
         raise _error(name, f"expected a boolean, got {type(value).__name__}")
     return value
+
+
+def object_body(body, limits: Limits) -> dict:
+    """The body, refused unless it is a JSON object naming this server's model (or none)."""
+    if not isinstance(body, dict):
+        raise ApiError("the request body must be a JSON object")
+    check_model(body, limits)
+    return body
 
 
 def check_model(body: dict, limits: Limits) -> None:
@@ -184,10 +192,15 @@ def prompt_of(body: dict) -> str | list[int]:
         raise _error("prompt", "expected a string or an array of token ids (or an array of one of them)")
     if not prompt:
         raise _error("prompt", "must not be empty")
-    for i, token in enumerate(prompt):
-        if not _is_int(token):
-            raise _error("prompt", f"token ids must be integers; item {i} is {type(token).__name__}")
+    integer_ids(prompt, "prompt")
     return list(prompt)
+
+
+def integer_ids(tokens: list, param: str) -> None:
+    """Refuse an array of token ids holding anything but integers (a bool is not one)."""
+    for i, token in enumerate(tokens):
+        if not _is_int(token):
+            raise _error(param, f"token ids must be integers; item {i} is {type(token).__name__}")
 
 
 def token_ids_in_vocabulary(tokens: list[int], n_vocab: int, param: str = "prompt") -> None:
@@ -276,9 +289,7 @@ def _theta(body: dict) -> float | None:
 def parse(body, kind: str, limits: Limits, seed: int) -> Ask:
     """Check a request body (`kind`: "chat" or "completion") and build its Ask; without a seed in
     the body, the server's (`limits.seed`), else `seed`. Raises ApiError."""
-    if not isinstance(body, dict):
-        raise ApiError("the request body must be a JSON object")
-    check_model(body, limits)
+    object_body(body, limits)
     prompt = messages_of(body) if kind == "chat" else prompt_of(body)
     cap = limits.config
     options: dict = {}

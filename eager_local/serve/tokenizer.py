@@ -25,7 +25,7 @@ from __future__ import annotations
 from jinja2 import TemplateError
 
 from ..llama import LlamaError
-from .schema import ApiError, Limits, _error, _is_int, check_model, messages_of, token_ids_in_vocabulary
+from .schema import ApiError, Limits, _bool, _error, integer_ids, messages_of, object_body, token_ids_in_vocabulary
 
 # GGUF keys of the special tokens a Hugging Face tokenizer config names (vLLM returns that config).
 SPECIAL_TOKENS = {"bos_token": "tokenizer.ggml.bos_token_id", "eos_token": "tokenizer.ggml.eos_token_id",
@@ -65,25 +65,9 @@ def tokenizer_info(model, context: int) -> dict:
     return info
 
 
-def _flag(body: dict, name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise _error(name, f"expected a boolean, got {type(value).__name__}")
-    return value
-
-
-def _body(body, limits: Limits) -> dict:
-    if not isinstance(body, dict):
-        raise ApiError("the request body must be a JSON object")
-    check_model(body, limits)
-    return body
-
-
 def tokenize(body, runner, limits: Limits, context: int) -> dict:
     """/tokenize: a text prompt's tokens, or a chat's (exactly one of `prompt` and `messages`)."""
-    body = _body(body, limits)
+    body = object_body(body, limits)
     has_prompt, has_messages = body.get("prompt") is not None, body.get("messages") is not None
     if has_prompt == has_messages:
         raise ApiError("expected exactly one of 'prompt' (a string) and 'messages' (a chat)",
@@ -92,28 +76,26 @@ def tokenize(body, runner, limits: Limits, context: int) -> dict:
         prompt = body["prompt"]
         if not isinstance(prompt, str):
             raise _error("prompt", f"expected a string, got {type(prompt).__name__}")
-        tokens = runner.model.tokenize(prompt, add_special=_flag(body, "add_special_tokens", True))
+        tokens = runner.model.tokenize(prompt, add_special=_bool(body, "add_special_tokens", True))
     else:
         messages = messages_of(body)
-        if _flag(body, "add_special_tokens", False):
+        if _bool(body, "add_special_tokens", False):
             raise _error("add_special_tokens", "with 'messages' the tokens are those /v1/chat/completions "
                                                "prefills (the chat template places the special tokens); "
                                                "leave it out or false")
-        if _flag(body, "continue_final_message", False):
+        if _bool(body, "continue_final_message", False):
             raise _error("continue_final_message", "not supported by this server")
         tokens = chat_tokens(runner, limits, messages,
-                             add_generation_prompt=_flag(body, "add_generation_prompt", True))
+                             add_generation_prompt=_bool(body, "add_generation_prompt", True))
     return {"tokens": tokens, "count": len(tokens), "max_model_len": context}
 
 
 def detokenize(body, model, limits: Limits) -> dict:
     """/detokenize: token ids → their text, special tokens written out."""
-    body = _body(body, limits)
+    body = object_body(body, limits)
     tokens = body.get("tokens")
     if not isinstance(tokens, list):
         raise _error("tokens", "expected an array of token ids")
-    for i, token in enumerate(tokens):
-        if not _is_int(token):
-            raise _error("tokens", f"token ids must be integers; item {i} is {type(token).__name__}")
+    integer_ids(tokens, "tokens")
     token_ids_in_vocabulary(tokens, model.n_vocab, param="tokens")
     return {"prompt": model.detokenize(tokens)}
