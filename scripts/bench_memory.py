@@ -1,50 +1,43 @@
 #!/usr/bin/env python3
 """Peak memory and tokens/s of EAGer-init against full parallel sampling on the same prompts, and
-what capping EAGer's KV cache at parallel sampling's size costs in speed.
+against EAGer-init on another checkout of eager_local (the engine before a change).
 
-    python scripts/bench_memory.py --model qwen2.5-coder-0.5b --limit 24 -M 8 -n 256 --theta 1.912
+    python scripts/bench_memory.py --model qwen2.5-coder-0.5b --limit 24 -M 8 -n 256 --theta 1.912 \
+        --before ../eager_local-before
 
 Each run is its own process (peak RSS is a process's), one after another, never two at once:
 
   parallel     full parallel sampling of M per prompt (the engine admits max_batch_rows // M prompts)
-  eager        EAGer-init as the engine sizes it: every admitted prompt reserves M full-length KV
-               streams, and prompts are admitted by the rows they are expected to hold, so the
-               context is sized for as many prompts as memory (--kv-memory) and llama.cpp's sequence
-               limit allow
-  eager-cap    EAGer-init in a context sized as parallel sampling's (max_batch_rows // M prompts at
-               once): the same KV memory as `parallel`, at the price of fewer prompts, so fewer rows,
-               per step (the engine's admission is unchanged; only the context is smaller)
+  eager        EAGer-init as the engine runs it (`eager-local eval --method eager-init`)
+  eager-before EAGer-init with the eager_local package of the checkout --before names (put first on
+               the child's PYTHONPATH; e.g. `git worktree add ../eager_local-before <commit>`)
 
 Prints tokens, wall, tokens/s, peak RSS, rows and prompts per step, and each run's ratios to
 `parallel`. The runs draw the same samples as `eager-local eval` would (same prompts, seeds and
-template); eager and eager-cap may differ in the last bits of the logits (another batch shape).
+template); `eager` and `eager-before` draw the same trees when the change was not meant to change
+sampling (the script says whether they did).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
 
-KINDS = ("parallel", "eager", "eager-cap")
+KINDS = ("parallel", "eager", "eager-before")
 
 
 def child(args) -> dict:
     from eager_local.api import EagerLocal
-    from eager_local.engine import Request, engine as E, sizing
+    from eager_local.engine import Request
     from eager_local.eval.datasets import load_dataset, select
     from eager_local.eval.prompting import DEFAULT_TEMPLATE, render
     from eager_local.eval.session import peak_rss_mb
 
-    if args.child == "eager-cap":
-        planned = sizing.plan_context
-
-        def as_parallel(longest, config, n_prompts, **kwargs):
-            return planned(longest, config.with_options(method="parallel"), n_prompts, **kwargs)
-
-        E.sizing.plan_context = as_parallel
     runner = EagerLocal(args.model, threads=args.threads)
     everything = load_dataset(args.dataset)
     problems = select(everything, offset=args.offset, limit=args.limit)
@@ -60,7 +53,12 @@ def child(args) -> dict:
     wall = time.perf_counter() - start
     tokens = sum(t.generated_tokens for t in trees)
     ctx = runner.engine.context.size
-    return {"kind": args.child, "tokens": tokens, "wall": wall, "tokens_per_s": tokens / wall,
+    shapes = [[(s.parent, s.fork_at, list(s.tokens)) for s in t.sequences] for t in sorted(trees, key=lambda t: t.index)]
+    digest = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
+    import eager_local
+
+    return {"kind": args.child, "package": os.path.dirname(eager_local.__file__), "tokens": tokens, "wall": wall,
+            "tokens_per_s": tokens / wall, "trees": digest,
             "peak_rss_mb": peak_rss_mb(), "sequences": sum(len(t.sequences) for t in trees),
             "n_seq_max": ctx.n_seq_max, "cells_per_seq": ctx.cells, **stats.as_dict()}
 
@@ -76,7 +74,8 @@ def main():
     ap.add_argument("-n", type=int, default=256)
     ap.add_argument("--theta", type=float, default=1.912)
     ap.add_argument("--temperature", type=float, default=0.6)
-    ap.add_argument("--runs", default=",".join(KINDS), help="comma list, in order, of " + ", ".join(KINDS))
+    ap.add_argument("--runs", default="parallel,eager", help="comma list, in order, of " + ", ".join(KINDS))
+    ap.add_argument("--before", help="checkout whose eager_local the eager-before run uses")
     ap.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -84,15 +83,22 @@ def main():
         return
 
     passthrough = [a for a in sys.argv[1:]]
+    kinds = args.runs.split(",")
+    if "eager-before" in kinds and not args.before:
+        sys.exit("bench_memory: the eager-before run needs --before CHECKOUT")
     results = []
-    for kind in args.runs.split(","):
+    for kind in kinds:
+        env = dict(os.environ)
+        if kind == "eager-before":
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.abspath(args.before), env.get("PYTHONPATH")]))
         out = subprocess.run([sys.executable, __file__, *passthrough, "--child", kind], capture_output=True,
-                             text=True, check=True)
+                             text=True, check=True, env=env)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = results[-1]
         print(f"{kind:<10} {r['tokens']:>7} tokens {r['wall']:8.1f} s {r['tokens_per_s']:7.1f} tok/s "
               f"{r['peak_rss_mb']:8.0f} MB · {r['n_seq_max']} KV streams of {r['cells_per_seq']} cells · "
-              f"{r['mean_rows']} rows, {r['mean_prompts']} prompts per step (peak {r['peak_prompts']})", flush=True)
+              f"{r['mean_rows']} rows, {r['mean_prompts']} prompts per step (peak {r['peak_prompts']}) · "
+              f"trees {r['trees']} · {r['package']}", flush=True)
     base = next((r for r in results if r["kind"] == "parallel"), None)
     if base:
         print("\nratios to parallel (same prompts, same run):")
@@ -100,6 +106,10 @@ def main():
             print(f"{r['kind']:<10} tokens {r['tokens'] / base['tokens']:.2f} · wall {r['wall'] / base['wall']:.2f} · "
                   f"tokens/s {r['tokens_per_s'] / base['tokens_per_s']:.2f} · peak RSS "
                   f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}")
+    eager = [r for r in results if r["kind"].startswith("eager")]
+    if len(eager) == 2:
+        print("eager and eager-before grew " + ("the same trees" if eager[0]["trees"] == eager[1]["trees"]
+                                                 else "different trees"))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from eager_local.engine import Request
 from eager_local.eval import store
 from eager_local.eval.datasets import Problem
 from eager_local.eval.prompting import render
-from eager_local.eval.records import make_record, merge_waves
+from eager_local.eval.records import combine_parts, make_record
 from eager_local.eval.session import session_info
 from eager_local.eval.store import Point
 from eager_local.io import write_json_atomic
@@ -53,12 +53,7 @@ def source_point(run_dir: Path) -> Point:
 
 def merged(point: Point, head: dict, tail: dict) -> dict:
     """A prompt's record at M' from its first M samples (head) and the next ones (tail)."""
-    waves = [dict(head, round=1, first_sample=0, wave=head["#S"], rule=None),
-             dict(tail, round=2, first_sample=head["#S"], wave=tail["#S"], rule=None)]
-    record = merge_waves(point, waves, stopped_by="cap")
-    for key in ("waves", "stopped_by"):
-        record.pop(key)
-    record["sequences"] = [dict(s, run=0) for s in record["sequences"]]
+    record = combine_parts(point, [head, tail])  # one run: every sequence's `run` is 0
     record["steps"] = max(head["steps"], tail["steps"])  # a parallel record's steps: its longest sample
     return record
 

@@ -331,18 +331,22 @@ def test_new_prompts_wait_while_the_batch_is_full(llm, monkeypatch):
     assert 8 in step_widths
 
 
-def test_eager_prompts_are_admitted_by_the_rows_they_grow_to(llm, monkeypatch):
-    """An EAGer prompt starts as one row but branches: admission counts the rows it is expected
-    to hold (before any prompt finished (1 + M) / 2, then learnt from finished prompts), not its
-    first row."""
+def test_eager_prompts_are_admitted_by_the_rows_they_grow_to(llm):
+    """In a unified cache (a caller that keeps sequences) an EAGer prompt starts as one row but
+    branches: admission counts the rows it is expected to hold (before any prompt finished
+    (1 + M) / 2, then learnt from finished prompts), not its first row. (On streams, the pool
+    bounds the rows instead: tests/test_stream_pool.py.)"""
     engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8)
     config = llm.config(theta=0.0, max_sequences=4, max_new_tokens=12)  # θ = 0: every prompt reaches 4
-    trees, step_widths = step_widths_of(llm, monkeypatch, engine, config)
-    assert all(len(t.sequences) == 4 for t in trees)
-    assert engine.stats.peak_rows >= max(step_widths) and engine.stats.steps >= len(step_widths)
+    trees = engine.generate(requests_for(llm, SIX_PROMPTS), config, keep_sequences=True)
+    assert engine.context.size.unified and all(len(t.sequences) == 4 for t in trees)
     # 2.5 rows expected of each before any finished: three at first (7.5 <= 8; 12 rows once they
     # branched), never all six (admitted by their first row, six would grow to 24 rows)
     assert engine.stats.peak_rows <= 12 and engine.stats.peak_prompts == 3
+    for tree in trees:
+        for seq in tree.sequences:
+            engine.release(seq.llama_seq)
+    engine.reset()
 
 
 def test_row_forecast_starts_halfway_to_the_cap_and_follows_finished_prompts():
@@ -423,11 +427,13 @@ def test_rows_keep_one_block_of_increasing_ids(llm, monkeypatch):
         engine.reset()
         return sum(ids != list(range(ids[0], ids[0] + len(ids))) or ids[0] != 0 for ids in batches), len(batches)
 
-    engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8)
+    # A pool with a stream for every row the six prompts may grow to: no prompt pauses (a paused
+    # prompt's rows keep their ids without being decoded, holes compaction must not fill).
+    engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=24)
     holed, steps = holed_steps(engine)
     assert steps > 20
     assert holed <= len(SIX_PROMPTS)  # at most the step after each admission
 
-    monkeypatch.setattr("eager_local.engine.loop.StepLoop._compact_ids", lambda self: None)
+    monkeypatch.setattr("eager_local.engine.streams.SequencePool.compact", lambda self, rows: None)
     holed_without_moves, _ = holed_steps(engine)
     assert holed_without_moves > 2 * len(SIX_PROMPTS)

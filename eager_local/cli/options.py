@@ -93,8 +93,8 @@ def _session_options() -> dict[str, click.Option]:
                                      help="Layers to offload (Metal/CUDA builds)."),
         "kv_memory": click.Option(["--kv-memory", "kv_memory"], type=int, default=None,
                                   help="MiB of KV cache at most (default: a quarter of the free memory, at most "
-                                       "2048). Each prompt running at once reserves M full-length sequences: less "
-                                       "memory runs fewer prompts, so fewer rows, per step."),
+                                       "2048). The cache holds a full-length KV stream per row of the batch (up to "
+                                       "32, shared by all prompts): less memory holds fewer rows per step."),
         "chat": click.Option(["--chat/--raw", "chat"], default=True,
                              help="Apply the GGUF's chat template (default) or not."),
         "system": click.Option(["--system", "system"], default=None, help="System message (with --chat)."),

@@ -17,15 +17,19 @@ This is llama.cpp's `parallel` example with branching added. One call's state li
     repeat   until no row is live and no prompt waits.
 
 A row is a live sequence: its entry in the prompt's tree, its llama sequence id and its own random
-stream (so a sequence samples the same tokens whichever rows share its batch). Sequence ids are
-recycled from a min-heap: a new row takes the lowest free id, and rows are moved down into the holes
-finished rows leave, so the ids decoded together stay one contiguous block (with a stream per
-sequence llama.cpp runs one micro-batch per run of consecutive ids).
+stream (so a sequence samples the same tokens whichever rows share its batch). Sequence ids come
+from a `SequencePool` (streams.py), which keeps the ids decoded together one contiguous block.
+
+With a KV stream per sequence (run, eval, serve) the streams are one pool for all prompts, sized
+like parallel sampling's batch (`sizing.plan_context`), not M per prompt: an EAGer prompt is
+admitted when the pool can take it, and a prompt whose fork finds no stream pauses, in step, until
+one frees (streams.py). Memory then stays at parallel sampling's while more prompts share the
+batch, and the trees are those of an unlimited pool. A unified cache (chat) reserves M ids per
+prompt instead.
 """
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections.abc import Iterator
 
@@ -41,7 +45,8 @@ from ..sampling import sample_rows, sequence_rng, token_logprobs
 from .groups import by_config, decide, entropy_key, sampling_key
 from .request import Request, TokenCallback
 from .sizing import RowForecast
-from .state import PromptRun, Row, StepStats, tree_settings
+from .state import WAITING, PromptRun, Row, StepStats, tree_settings
+from .streams import SequencePool, safe
 
 
 class StepLoop:
@@ -71,12 +76,9 @@ class StepLoop:
         self.pending.reverse()  # pop() from the end = request order
         self.runs: list[PromptRun] = []
         self.rows: list[Row] = []
+        # A stream per sequence and nothing kept between calls: the streams are one pool (above).
+        self.ids = SequencePool(ctx, kept_ids, pooled=not ctx.size.unified and not keep)
         self._think_tokens: dict[str | None, int | None] = {}
-        # A min-heap: sequences take the lowest free ids, so the ids decoded together stay a
-        # contiguous block (llama.cpp runs one micro-batch per run of consecutive ids).
-        self.free_ids = [i for i in range(ctx.size.n_seq_max) if i not in kept_ids]
-        for llama_id in self.free_ids:  # whatever an earlier, failed call left behind
-            ctx.drop(llama_id)
         self.context_limit = model.n_ctx_train
         self.forecast = RowForecast(max((r.max_sequences or (r.config or config).max_sequences for r in requests),
                                         default=config.max_sequences))
@@ -85,9 +87,10 @@ class StepLoop:
     def run(self) -> Iterator[T.Tree]:
         yield from self._admit()
         while self.rows:
-            self.stats.record(len(self.rows), len(self.runs))
-            logits = self._decode_step()
-            yield from self._advance(logits)
+            rows, logits = self._decode_step()
+            self.stats.record(len(rows), len(self.runs))
+            yield from self._advance(rows, logits)
+            self.ids.start_waiting(self._may_take)
             yield from self._admit()
         # Budget ran out before these prompts got a turn: report them, empty.
         while self.pending:
@@ -97,9 +100,11 @@ class StepLoop:
     def _admit(self) -> Iterator[T.Tree]:
         """Start waiting prompts while there is room: prefill, then 1 (eager) or M (parallel) rows.
 
-        Room means: fewer than `concurrent` prompts active, M free sequence ids beyond those the
-        active prompts reserved, and the rows they hold or are expected to hold under the batch
-        limit (the first prompt is always let in).
+        Room means fewer than `concurrent` prompts active, the rows they hold or are expected to
+        hold under the batch limit (the first prompt is always let in), and
+        - pooled streams: no fork waiting for a stream, and ids for the prompt's first row (M for
+          parallel sampling) that leave every prompt able to finish (`streams.safe`);
+        - unified cache: M free sequence ids beyond those the active prompts reserved.
         """
         while self.pending and len(self.runs) < self.concurrent and not self.budget.exhausted:
             request = self.pending.pop()
@@ -107,7 +112,13 @@ class StepLoop:
             cap = request.max_sequences or config.max_sequences
             parallel = config.method == "parallel"
             batch_full = self.runs and self._reserved_rows() + self._expected_rows(cap, parallel=parallel) > self.max_batch_rows
-            if len(self.free_ids) - self._reserved_ids() < cap or batch_full:
+            if self.ids.pooled:
+                rows = cap if parallel else 1
+                room = (not self.ids.waiting and len(self.ids.free) >= rows
+                        and safe(len(self.ids.free) - rows, self._claims() + [(rows, cap - rows)]))
+            else:
+                room = len(self.ids.free) - self._reserved_ids() >= cap
+            if batch_full or not room:
                 self.pending.append(request)
                 break
             run = PromptRun(
@@ -122,7 +133,7 @@ class StepLoop:
                 ),
                 cap=cap,
                 theta=config.theta if request.theta is None else request.theta,
-                reserved=cap,
+                reserved=0 if self.ids.pooled else cap,
                 started_at=time.perf_counter(),
                 branching_open=not parallel,
                 think_token=self._think_token(config),
@@ -131,7 +142,7 @@ class StepLoop:
             try:
                 first_logits = self._prefill(run, llama_id)
             except KVCacheFull:
-                heapq.heappush(self.free_ids, llama_id)
+                self.ids.put_back(llama_id)
                 run.reserved = 0
                 self.pending.append(request)
                 if not self.runs:  # nothing will ever free space: report and move on
@@ -199,27 +210,24 @@ class StepLoop:
         return sum(run.reserved for run in self.runs)
 
     def _take_id(self, run: PromptRun) -> int:
-        run.reserved -= 1
-        return heapq.heappop(self.free_ids)
+        run.reserved = max(0, run.reserved - 1)
+        return self.ids.take()
 
-    def _compact_ids(self) -> None:
-        """Move the rows with the highest ids into lower free ids, so the batch is one block.
+    def _claims(self, taking: PromptRun | None = None) -> list[tuple[int, int]]:
+        """(ids held, ids it may still claim) of every active prompt, after `taking` took one more.
+        A prompt may claim an id for each waiting row and each sequence it may still fork."""
+        claims = []
+        for run in self.runs:
+            forks_left = run.cap - len(run.tree.sequences) if run.branching_open and not run.parallel else 0
+            held, claim = run.live - run.waiting, run.waiting + max(0, forks_left)
+            claims.append((held + 1, claim - 1) if run is taking else (held, claim))
+        return claims
 
-        Rows finish in any order and leave holes; a move copies one stream (Context.move), which
-        costs less than the extra micro-batch a hole costs every step after. (A unified cache runs
-        one micro-batch whatever the ids.)
-        """
-        if self.ctx.size.unified:
-            return
-        for row in sorted(self.rows, key=lambda r: r.llama_id, reverse=True):
-            if not self.free_ids or self.free_ids[0] > row.llama_id:
-                return
-            lower = heapq.heappop(self.free_ids)
-            self.ctx.move(row.llama_id, lower)
-            heapq.heappush(self.free_ids, row.llama_id)
-            row.llama_id = lower
+    def _may_take(self, run: PromptRun) -> bool:
+        """Whether `run` may take a free id now without risking that the prompts lock up."""
+        return bool(self.ids.free) and safe(len(self.ids.free) - 1, self._claims(taking=run))
 
-    def _new_row(self, run: PromptRun, *, parent, fork_at, tokens, llama_id) -> Row:
+    def _new_row(self, run: PromptRun, *, parent, fork_at, tokens, llama_id, source: Row | None = None) -> Row:
         seq = T.Sequence(id=len(run.tree.sequences), parent=parent, fork_at=fork_at, tokens=tokens)
         seq.entropies = []
         run.tree.sequences.append(seq)
@@ -229,19 +237,23 @@ class StepLoop:
         run.live += 1
         run.peak_live = max(run.peak_live, run.live)
         row = Row(seq=seq, run=run, llama_id=llama_id, rng=rng)
+        if row.waiting:
+            self.ids.wait(row, source)
         self.rows.append(row)
         return row
 
     # decode -------------------------------------------------------------------------------------
-    def _decode_step(self) -> np.ndarray:
-        """Decode every row's newest token in one batch; logits for all rows, in row order.
+    def _decode_step(self) -> tuple[list[Row], np.ndarray]:
+        """Decode the newest token of every row whose prompt is not paused, in one batch; those
+        rows and their logits, in the same order.
 
         Rows admitted this step already have logits from their prefill: they are not decoded and
-        go last (self.rows is reordered to match the returned logits).
+        go last (self.rows is reordered to match, paused prompts' rows after them).
         """
-        self._compact_ids()
-        decoded = [r for r in self.rows if r.fresh_logits is None]
-        fresh = [r for r in self.rows if r.fresh_logits is not None]
+        self.ids.compact([r for r in self.rows if not r.waiting])
+        paused = [r for r in self.rows if r.run.paused]
+        decoded = [r for r in self.rows if r.fresh_logits is None and not r.run.paused]
+        fresh = [r for r in self.rows if r.fresh_logits is not None and not r.run.paused]
         while decoded:
             ids = np.fromiter((r.llama_id for r in decoded), dtype=np.int32, count=len(decoded))
             # streams: llama.cpp wants increasing ids (see Context)
@@ -263,17 +275,17 @@ class StepLoop:
                 self._finish(victim, T.KV_FULL)
         else:  # nothing to decode (every row is fresh, or a full cache cut them all)
             view = np.empty((0, self.model.n_vocab), dtype=np.float32)
-        self.rows = decoded + fresh
+        self.rows = decoded + fresh + paused
         if fresh:
             view = np.concatenate([view] + [r.fresh_logits[None, :] for r in fresh])
             for r in fresh:
                 r.fresh_logits = None
-        return view
+        return decoded + fresh, view
 
     # advance ------------------------------------------------------------------------------------
-    def _advance(self, logits: np.ndarray) -> Iterator[T.Tree]:
+    def _advance(self, rows: list[Row], logits: np.ndarray) -> Iterator[T.Tree]:
         """Choose each row's next token (branching where the rule says) and retire finished rows."""
-        rows = list(self.rows)  # children created below are appended to self.rows, not here
+        rows = list(rows)  # children created below are appended to self.rows, not here
         n = len(rows)
         if n == 0:  # a full cache cut every row: their prompts are complete
             yield from self._completed_runs()
@@ -364,12 +376,17 @@ class StepLoop:
                 run.branching_open = False
 
     def _fork(self, parent: Row, top2: int, entropy: float, threshold: float, top1: int) -> Row:
-        """A new row continuing `parent`'s prefix with the second most likely token."""
+        """A new row continuing `parent`'s prefix with the second most likely token (it waits for
+        a stream when the pool has none free)."""
         run = parent.run
         prefix = list(parent.seq.tokens)
-        llama_id = self._take_id(run)
-        self.ctx.fork(parent.llama_id, llama_id)  # copies the prefix's cells: nothing recomputed
-        child = self._new_row(run, parent=parent.seq.id, fork_at=len(prefix), tokens=prefix, llama_id=llama_id)
+        if self.ids.pooled and not self._may_take(run):
+            llama_id = WAITING
+        else:
+            llama_id = self._take_id(run)
+            self.ctx.fork(parent.llama_id, llama_id)  # copies the prefix's cells: nothing recomputed
+        child = self._new_row(run, parent=parent.seq.id, fork_at=len(prefix), tokens=prefix, llama_id=llama_id,
+                              source=parent)
         child.seq.entropies = list(parent.seq.entropies)
         child.past_thinking = parent.past_thinking
         run.tree.events.append(
@@ -418,7 +435,8 @@ class StepLoop:
             self._finish(row, T.KV_FULL)
 
     def _finish(self, row: Row, reason: str) -> None:
-        """End a row: keep its sequence for the caller (keep=True) or free its cells and id."""
+        """End a row: keep its sequence for the caller (keep=True), hand its stream to a fork
+        waiting on its prefix, or free its cells and id."""
         if row.seq.finish_reason is not None:
             return
         row.seq.finish_reason = reason
@@ -427,8 +445,7 @@ class StepLoop:
             row.seq.llama_seq = row.llama_id
             self.kept_ids.add(row.llama_id)
         else:
-            self.ctx.drop(row.llama_id)
-            heapq.heappush(self.free_ids, row.llama_id)
+            self.ids.release(row)
 
     def _completed_runs(self) -> Iterator[T.Tree]:
         done = [run for run in self.runs if run.live == 0]
@@ -472,7 +489,5 @@ class StepLoop:
 
     def abandon(self) -> None:
         """Free everything this call holds in the context (the caller lets the interrupt through)."""
-        for row in self.rows:
-            if row.seq.finish_reason is None:
-                self.ctx.drop(row.llama_id)
+        self.ids.drop_all(self.rows)
 

@@ -96,12 +96,13 @@ class ServingLoop(StepLoop):
                 for request in list(self.pending) + [run.request for run in self.runs]:
                     yield from self._cancel(request)
                 return
+            self.ids.start_waiting(self._may_take)
             yield from self._admit()
             if not self.rows:
                 continue
-            self.stats.record(len(self.rows), len(self.runs))
-            logits = self._decode_step()
-            yield from self._advance(logits)
+            rows, logits = self._decode_step()
+            self.stats.record(len(rows), len(self.runs))
+            yield from self._advance(rows, logits)
 
     def _cancel(self, request: Request) -> Iterator[tuple[Request, T.Tree]]:
         """End one request: a waiting one is reported unstarted, a running one's rows finish now."""

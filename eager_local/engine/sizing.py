@@ -9,19 +9,22 @@ Three limits shape a context (`llama.ContextSize`):
   `max_batch_rows`, because on a CPU the gain of a wider batch flattens out well before 32 rows
   while every admitted prompt still reserves M sequences of memory (BENCHMARKS.md, "Engine speed").
 
-Each active prompt reserves its worst case, M full-length sequences, so no sequence runs out of
-cells in normal operation; when memory is short, fewer prompts run at once.
+No sequence runs out of cells in normal operation. The two KV layouts (see `llama.Context`) are
+sized differently:
 
-The two KV layouts (see `llama.Context`) are sized differently:
-
-- streams (run, eval, calibration): every sequence gets a stream of its own, as long as the longest
-  prompt plus a full generation. When even one prompt's M streams do not fit, the streams are
-  shortened and a sequence that reaches the end of its stream finishes with `kv_full`.
+- streams (run, eval, calibration, serve): every sequence gets a stream of its own, as long as the
+  longest prompt plus a full generation. Parallel sampling runs `max_batch_rows // M` prompts of M
+  streams each. For EAGer the streams are one pool of `max_batch_rows × POOL_HEADROOM + 1` (at
+  least M + 1, at most what the call's prompts can use; fewer when memory is short) that every
+  prompt draws from, a fork waiting when none
+  is free (`streams.SequencePool`): an EAGer prompt holds few rows most of the time, and reserving
+  its worst case, M streams, for every prompt running at once would need several times parallel
+  sampling's memory to keep the batch as full. When not even M + 1 full streams fit, the streams
+  are shortened and a sequence that reaches the end of its stream finishes with `kv_full`.
 - unified (a caller that keeps sequences: chat): one pool of cells; a prompt reserves its prompt
-  plus M full-length sequences, and the kept sequences' cells stay on top.
-
-An EAGer prompt starts as one row and branches later, so admission counts it by the rows it is
-expected to reach at its widest (`RowForecast`), not by its first row.
+  plus M full-length sequences, and the kept sequences' cells stay on top. An EAGer prompt starts
+  as one row and branches later, so admission counts it by the rows it is expected to reach at
+  its widest (`RowForecast`), not by its first row.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ from ..llama import ContextSize
 
 DEFAULT_KV_MEMORY = 2 << 30  # bytes of KV cache the engine allocates at most by default
 DEFAULT_BATCH_ROWS = 32  # rows the active prompts may hold (or be expected to hold) at once
+# EAGer's pool of streams, as a multiple of the batch limit: admission expects max_batch_rows rows,
+# prompts outgrow the forecast, and a fork that finds no stream pauses its whole prompt, whose rows
+# then leave holes in the batch's block of ids (an extra micro-batch each). The headroom makes
+# pauses rare for a quarter more KV memory (BENCHMARKS.md, "EAGer's memory").
+POOL_HEADROOM = 1.25
 _CELL_BLOCK = 256  # llama.cpp rounds a stream's cells up to a multiple of 256
 
 
@@ -83,14 +91,19 @@ def plan_context(
     else:
         stream = round_up(longest_prompt + config.max_new_tokens, _CELL_BLOCK)
         prompts_that_fit = (cell_limit // stream - kept - 1) // cap
-    concurrent = min(
-        n_prompts,
-        max(1, (MAX_SEQUENCES - kept - 1) // cap),
-        max(1, prompts_that_fit),
-    )
-    if config.method == "parallel":  # admission never lets more in (M rows each): reserve no more
-        concurrent = min(concurrent, max(1, max_batch_rows // cap))
-    n_seq = min(MAX_SEQUENCES, concurrent * cap + kept + 1)
+    if not unified and config.method != "parallel":  # EAGer on pooled streams (above)
+        pool = min(max(int(max_batch_rows * POOL_HEADROOM), cap), n_prompts * cap) + 1  # no more than they can use
+        n_seq = min(MAX_SEQUENCES, pool, max(cap + 1, cell_limit // stream))
+        concurrent = min(n_prompts, n_seq - 1)
+    else:
+        concurrent = min(
+            n_prompts,
+            max(1, (MAX_SEQUENCES - kept - 1) // cap),
+            max(1, prompts_that_fit),
+        )
+        if config.method == "parallel":  # admission never lets more in (M rows each): reserve no more
+            concurrent = min(concurrent, max(1, max_batch_rows // cap))
+        n_seq = min(MAX_SEQUENCES, concurrent * cap + kept + 1)
     n_seq = max(n_seq, max(kept_ids, default=0) + 1)  # kept sequences keep their ids
     if unified:
         cells = round_up(max(min(cell_limit, concurrent * per_prompt + kept_cells), longest_prompt + 1), _CELL_BLOCK)

@@ -61,6 +61,11 @@ class PromptRun:
     entropy_history: list[float] = field(default_factory=list)  # for the dynamic threshold
     think_token: int | None = None  # the config's end-of-thinking token: no branching after it
     spent: int = 0  # tokens generated for this prompt (#T so far)
+    waiting: int = 0  # its forked rows waiting for a stream (streams.SequencePool): the prompt pauses
+
+    @property
+    def paused(self) -> bool:
+        return self.waiting > 0
 
     @property
     def budget_left(self) -> float:
@@ -75,9 +80,17 @@ class PromptRun:
         return branching_rule.threshold(self.theta, self.entropy_history, dynamic)
 
 
+WAITING = -1  # the llama id of a forked row that waits for a free KV stream
+
+
 @dataclass
 class Row:
-    """A live sequence: its tree entry, its llama sequence id and its random stream."""
+    """A live sequence: its tree entry, its llama sequence id and its random stream.
+
+    A row forked when the pool has no id for it waits (llama_id WAITING; streams.SequencePool):
+    `source` is a row whose cells hold the fork's prefix, `keep` how many of them (the prompt and
+    the parent's tokens up to the fork).
+    """
 
     seq: T.Sequence
     run: PromptRun
@@ -85,6 +98,12 @@ class Row:
     rng: np.random.Generator
     past_thinking: bool = False
     fresh_logits: np.ndarray | None = None  # set until the row's first decode (right after prefill)
+    source: Row | None = None
+    keep: int = 0
+
+    @property
+    def waiting(self) -> bool:
+        return self.llama_id == WAITING
 
     @property
     def position(self) -> int:  # KV position of the row's newest token

@@ -12,7 +12,8 @@ written under even if the grader changed in between. The report never reads them
 
 Full parallel sampling's records at a smaller M are derived from the records at the largest M
 (`derive_record`; spec.py says why that is exact). Adaptive-Consistency's and ESC's per-prompt
-records merge the prompt's waves (`merge_waves`; waves.py).
+records merge the prompt's waves (`merge_waves`; waves.py), through `combine_parts`, which also
+joins a parallel point's samples decoded in two runs (scripts/extend_parallel.py).
 """
 
 from __future__ import annotations
@@ -136,26 +137,39 @@ def _combined(point: Point, parts: list[dict], sequences: list[dict], events: li
 def merge_waves(point: Point, waves: list[dict], stopped_by: str) -> dict:
     """A prompt's record of a method that samples in waves: its waves' sequences in the order drawn.
 
-    A wave is a small full-parallel-sampling run or an EAGer tree (eager-conf); its sequence and
-    branch ids are shifted past the earlier waves', so parents point inside the same wave, and `run`
-    says which wave (its round) each came from. `waves` lists each wave's round, first sample,
-    size, #S, #T and the rule's verdict after it; `stopped_by` is "rule", "cap" or "budget" (a wave
-    drew nothing).
+    A wave is a small full-parallel-sampling run or an EAGer tree (eager-conf); `run` says which
+    wave (its round) each sequence came from (`combine_parts` shifts the ids). `waves` lists each
+    wave's round, first sample, size, #S, #T and the rule's verdict after it; `stopped_by` is
+    "rule", "cap" or "budget" (a wave drew nothing).
     """
     waves = sorted(waves, key=lambda r: r["round"])
-    sequences, events = [], []
-    for wave in waves:
-        offset = len(sequences)
-        for s in wave["sequences"]:
-            parent = None if s["parent"] is None else s["parent"] + offset
-            sequences.append(dict(s, id=s["id"] + offset, parent=parent, run=wave["round"]))
-        for e in wave.get("events", []):
-            events.append(dict(e, parent=e["parent"] + offset, child=e["child"] + offset, run=wave["round"]))
     return {
-        **_combined(point, waves, sequences, events, started=any(w["started"] for w in waves)),
+        **combine_parts(point, waves, runs=[w["round"] for w in waves]),
         "waves": [{k: w[k] for k in ("round", "first_sample", "wave", "#S", "#T", "rule")} for w in waves],
         "stopped_by": stopped_by,
     }
+
+
+def combine_parts(point: Point, parts: list[dict], *, runs: list[int] | None = None) -> dict:
+    """One prompt's record at `point` made of records of that prompt decoded apart (`parts`, in
+    order; the first one's problem fields): a method's waves, or a point's samples decoded in two
+    runs (scripts/extend_parallel.py). The records' own bookkeeping (waves, rounds) is not kept.
+
+    Each part's sequence and branch ids are shifted past the earlier parts', so ids stay unique and
+    parents point inside the same part; `runs` gives each part's `run` label (default 0 for all:
+    the parts are pieces of one run). Tokens, steps and wall time are summed, the record started if
+    any part did.
+    """
+    runs = [0] * len(parts) if runs is None else runs
+    sequences, events = [], []
+    for part, run in zip(parts, runs, strict=True):
+        offset = len(sequences)
+        for s in part["sequences"]:
+            parent = None if s["parent"] is None else s["parent"] + offset
+            sequences.append(dict(s, id=s["id"] + offset, parent=parent, run=run))
+        for e in part.get("events", []):
+            events.append(dict(e, parent=e["parent"] + offset, child=e["child"] + offset, run=run))
+    return _combined(point, parts, sequences, events, started=any(p["started"] for p in parts))
 
 
 def derive_record(record: dict, point: Point, source: Point) -> dict:

@@ -1,0 +1,128 @@
+"""The llama sequence ids of one call: which are free, and the forks waiting for one.
+
+Ids are recycled from a min-heap: a new row takes the lowest free id, and rows are moved down into
+the holes finished rows leave (`compact`), so the ids decoded together stay one contiguous block
+(with a stream per sequence llama.cpp runs one micro-batch per run of consecutive ids).
+
+With a KV stream per sequence and nothing kept between calls, the ids are a pool shared by all
+prompts (`pooled`) instead of M reserved for each prompt. A fork made when the pool cannot give an
+id waits (`wait`): its row already exists (tree entry, first token and random stream are fixed at
+the fork) but has no stream yet, and its whole prompt pauses until it gets one, so every row of a
+prompt still advances in step with the others and the tree is the one an unlimited pool would
+grow, token for token. When an id is granted (`start_waiting`) the parent's stream is copied; the
+parent has not moved since the fork, except that it may have finished at it, in which case the
+waiting row takes over the parent's own stream (`release`).
+
+Pausing whole prompts could deadlock: every prompt paused, each holding ids and waiting for one.
+`safe` is the banker's rule that prevents it: an id is granted (a fork, or a new prompt's first
+row) only if afterwards the prompts can still finish one after another, each getting all the ids it
+may still claim from what the earlier ones give back.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from ..llama import Context
+from .state import WAITING, Row
+
+
+def safe(free: int, claims: list[tuple[int, int]]) -> bool:
+    """Whether prompts holding and still claiming ids, `claims` = [(held, may_claim)], can all finish
+    with `free` ids: repeatedly let a prompt whose claim fits finish and give its ids back."""
+    pending = list(claims)
+    while pending:
+        rest = [c for c in pending if c[1] > free]
+        if len(rest) == len(pending):
+            return False
+        free += sum(held for held, claim in pending if claim <= free)
+        pending = rest
+    return True
+
+
+class SequencePool:
+    """Free llama ids (lowest first) and rows waiting for one, over one context."""
+
+    def __init__(self, ctx: Context, kept_ids: set[int], *, pooled: bool):
+        self.ctx = ctx
+        self.pooled = pooled
+        self.free = [i for i in range(ctx.size.n_seq_max) if i not in kept_ids]  # sorted: a valid heap
+        for llama_id in self.free:  # whatever an earlier, failed call left behind
+            ctx.drop(llama_id)
+        self.waiting: list[Row] = []  # oldest first
+
+    def take(self) -> int:
+        return heapq.heappop(self.free)
+
+    def put_back(self, llama_id: int) -> None:
+        """Return an id that holds no cells (or whose cells were just dropped)."""
+        heapq.heappush(self.free, llama_id)
+
+    def wait(self, row: Row, source: Row) -> None:
+        """Queue a new row (llama id WAITING) that continues the first `source.position + 1` cells
+        of `source`'s stream: the prompt and the parent's tokens up to the fork."""
+        row.source, row.keep = source, source.position + 1
+        row.run.waiting += 1
+        self.waiting.append(row)
+
+    def start_waiting(self, may_take) -> None:
+        """Give waiting rows ids, oldest first, where `may_take(row.run)` allows: copy the source's
+        stream and cut it back to the fork's prefix (a row that took over its parent's stream has
+        its id already). A row refused does not hold up later ones: the prompt the banker's rule
+        lets finish first may be further down the queue."""
+        still = []
+        for row in self.waiting:
+            if row.waiting:
+                if not self.free or not may_take(row.run):
+                    still.append(row)
+                    continue
+                row.llama_id = self.take()
+                self.ctx.fork(row.source.llama_id, row.llama_id)
+                self.ctx.truncate(row.llama_id, row.keep)
+            row.source = None
+            row.run.waiting -= 1
+        self.waiting = still
+
+    def release(self, row: Row) -> None:
+        """A row finished (its cells are not kept for the caller): hand its stream to a row waiting
+        on its prefix, else drop its cells and free its id."""
+        if any(w is row for w in self.waiting):
+            self.waiting = [w for w in self.waiting if w is not row]
+            row.run.waiting -= 1
+        if row.waiting:
+            return
+        heirs = [w for w in self.waiting if w.source is row and w.waiting]
+        if not heirs:
+            self.ctx.drop(row.llama_id)
+            self.put_back(row.llama_id)
+            return
+        heir = max(heirs, key=lambda w: w.keep)  # the latest fork: its prefix covers the others'
+        self.ctx.truncate(row.llama_id, heir.keep)
+        heir.llama_id = row.llama_id
+        for w in heirs:
+            if w is not heir:
+                w.source = heir
+
+    def compact(self, rows: list[Row]) -> None:
+        """Move the rows with the highest ids into lower free ids, so the batch is one block.
+
+        Rows finish in any order and leave holes; a move copies one stream (Context.move), which
+        costs less than the extra micro-batch a hole costs every step after. (A unified cache runs
+        one micro-batch whatever the ids.) Waiting rows name their source by row, not by id, so a
+        move does not disturb them.
+        """
+        if self.ctx.size.unified:
+            return
+        for row in sorted(rows, key=lambda r: r.llama_id, reverse=True):
+            if not self.free or self.free[0] > row.llama_id:
+                return
+            lower = self.take()
+            self.ctx.move(row.llama_id, lower)
+            self.put_back(row.llama_id)
+            row.llama_id = lower
+
+    def drop_all(self, rows: list[Row]) -> None:
+        """Free the cells of every unfinished row that holds a stream."""
+        for row in rows:
+            if row.seq.finish_reason is None and row.llama_id != WAITING:
+                self.ctx.drop(row.llama_id)

@@ -1,0 +1,177 @@
+"""The pool of KV streams (engine/streams.py): EAGer prompts share parallel sampling's streams, a
+fork that finds none pauses its prompt, and the trees stay those of an unlimited pool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eager_local import tree as T
+from eager_local.engine import Engine, Request
+from eager_local.engine import streams
+from eager_local.engine.state import WAITING, PromptRun, Row
+from eager_local.llama import Context, ContextSize
+
+PROMPTS = [f"What is {a} + {3 * a}? Explain." for a in range(2, 8)]
+
+
+def reduced(trees):
+    return [[(s.parent, s.fork_at, s.tokens, s.finish_reason) for s in t.sequences] for t in trees]
+
+
+# --- the banker's rule, on hand-made claims ---------------------------------------------------------
+@pytest.mark.parametrize("free, claims, expected", [
+    (0, [], True),
+    (0, [(1, 0)], True),  # claims nothing more: it finishes
+    (0, [(1, 1)], False),  # wants one more id and none is free
+    (1, [(2, 1), (1, 3)], True),  # the first finishes and gives back 2: 3 free for the second
+    (1, [(1, 2), (1, 2)], False),  # neither can ever get its second id
+    (2, [(1, 2), (1, 2)], True),
+    (3, [(0, 4), (5, 3), (1, 8)], True),  # 3 → 8 → 8 → 9: an order exists
+    (3, [(0, 4), (1, 3), (1, 8)], False),  # 3 → 4 → 4, and 8 never fits
+])
+def test_safe_is_the_bankers_rule(free, claims, expected):
+    assert streams.safe(free, claims) is expected
+
+
+# --- the engine with a small pool -------------------------------------------------------------------
+def test_a_small_pool_pauses_prompts_and_grows_the_same_trees(llm, monkeypatch):
+    """Six EAGer prompts that all reach M = 4 at once (θ = 0) with a batch limit of 8 rows: a pool
+    of 11 streams (8 × POOL_HEADROOM + 1) for the three prompts admitted at once, 12 rows: forks
+    wait, prompts pause, memory is the pool's, and every tree is, token for token, the one a pool
+    large enough for all 24 rows grows without waiting."""
+    config = llm.config(theta=0.0, max_sequences=4, max_new_tokens=24, seed=3)
+    requests = [Request(tokens=llm.prompt_tokens(p), text=p, index=i) for i, p in enumerate(PROMPTS)]
+
+    roomy = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=32)
+    waits = []
+    original_wait = streams.SequencePool.wait
+    monkeypatch.setattr(streams.SequencePool, "wait", lambda self, row, source: (waits.append(row.seq.id),
+                                                                                  original_wait(self, row, source)))
+    expected = reduced(roomy.generate(requests, config))
+    assert not waits and roomy.stats.peak_prompts == 6
+
+    small = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8)
+    got = reduced(small.generate(requests, config))
+    assert small.context.size.n_seq_max == 11
+    assert waits, "no fork had to wait: the test no longer exercises the pool"
+    assert small.stats.peak_rows <= 11
+    assert small.stats.peak_prompts > 2  # more prompts than 11 streams hold at M each
+    assert got == expected
+    assert all(len(t) == 4 for t in got)
+    roomy.reset()
+    small.reset()
+
+
+def test_a_budget_cuts_rows_while_forks_wait(llm):
+    """A session budget cuts rows while forks wait, and nothing is lost or double-counted."""
+    from eager_local.budget import TokenBudget
+
+    config = llm.config(theta=0.0, max_sequences=4, max_new_tokens=24, seed=3)
+    requests = [Request(tokens=llm.prompt_tokens(p), text=p, index=i) for i, p in enumerate(PROMPTS)]
+    small = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8)
+    budget = TokenBudget(150)
+    trees = small.generate(requests, config, budget=budget)
+    assert budget.spent == sum(t.generated_tokens for t in trees) <= 150
+    assert all(s.finish_reason for t in trees for s in t.sequences)
+    assert all(small.context.seq_length(i) == 0 for i in range(11))  # every stream was given back
+    small.reset()
+
+
+# --- a handed-over stream holds exactly the prefix --------------------------------------------------
+def test_a_finished_parent_hands_its_stream_to_its_waiting_forks(llm, arith_prompt):
+    """Two forks wait on one parent, made after its 2nd and its 5th token. The parent finishes:
+    the later fork takes over its stream cut back to its prefix, the earlier one copies from that.
+    Both continue exactly as a fresh prefill of their prefix does."""
+    prompt = llm.prompt_tokens(arith_prompt)
+    P = len(prompt)
+    ctx = Context(llm.model, ContextSize(cells=256, n_seq_max=3, n_batch=512), n_threads=llm.engine.n_threads)
+    try:
+        def greedy(seq_id, logits, start, n):
+            out = []
+            for i in range(n):
+                out.append(int(np.argmax(logits)))
+                logits = ctx.decode([out[-1]], [start + i], [seq_id], [1])[0].copy()
+            return out, logits
+
+        pool = streams.SequencePool(ctx, set(), pooled=True)
+        run = PromptRun(request=Request(tokens=prompt), config=llm.config(), cap=4, theta=0.0, reserved=0,
+                        started_at=0.0, tree=T.Tree(prompt=arith_prompt, prompt_tokens=P, method="eager-init"))
+        parent_id = pool.take()
+        tokens, _ = greedy(parent_id, ctx.prefill(prompt, parent_id), P, 10)  # KV: prompt + 10 tokens
+
+        def row(seq_id, n_tokens, llama_id):
+            return Row(seq=T.Sequence(id=seq_id, parent=None, fork_at=0, tokens=tokens[:n_tokens]), run=run,
+                       llama_id=llama_id, rng=None)
+
+        parent = row(0, 2, parent_id)
+        early = row(1, 2, WAITING)
+        pool.wait(early, parent)  # forked when the parent had 2 tokens
+        parent.seq.tokens = tokens[:5]
+        late = row(2, 5, WAITING)
+        pool.wait(late, parent)
+        assert (early.keep, late.keep, run.waiting, run.paused) == (P + 2, P + 5, 2, True)
+
+        pool.release(parent)  # the parent finished at the fork
+        assert late.llama_id == parent_id and ctx.seq_length(parent_id) == P + 5
+        assert early.waiting and early.source is late
+        pool.start_waiting(lambda r: True)
+        assert not pool.waiting and run.waiting == 0 and not run.paused
+        assert early.llama_id not in (WAITING, parent_id) and ctx.seq_length(early.llama_id) == P + 2
+
+        fresh = pool.take()
+        for who, n in ((late, 5), (early, 2)):
+            ctx.drop(fresh)
+            reference = ctx.prefill(prompt + tokens[:n], fresh)
+            got_tokens, got_logits = greedy(who.llama_id, reference, P + n, 4)
+            want_tokens, want_logits = greedy(fresh, reference, P + n, 4)
+            assert got_tokens == want_tokens == tokens[n:n + 4]
+            np.testing.assert_allclose(got_logits, want_logits, atol=1e-3)
+    finally:
+        ctx.close()
+
+
+def test_a_request_cancelled_while_forks_wait_frees_every_stream(llm, monkeypatch):
+    """A server's pool of 11 streams, six prompts that all branch to M = 4: one request is cancelled
+    mid-run, from another request's token callback. Every request ends, every sequence has a finish
+    reason, and every stream is given back."""
+    import threading
+
+    from eager_local.engine import Inbox
+
+    waits = []
+    original_wait = streams.SequencePool.wait
+    monkeypatch.setattr(streams.SequencePool, "wait", lambda self, row, source: (waits.append(row.seq.id),
+                                                                                  original_wait(self, row, source)))
+    engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8)
+    inbox = Inbox()
+    config = llm.config(theta=0.0, max_sequences=4, max_new_tokens=24, seed=3)
+    loop = engine.serving_loop(config, inbox, prompt_tokens=64, slots=6)
+    requests = [Request(tokens=llm.prompt_tokens(p), text=p, index=i) for i, p in enumerate(PROMPTS)]
+
+    def cancel_the_second(tree, seq, token):
+        if len(seq.tokens) == 6:
+            inbox.cancel(requests[1])
+
+    requests[0].on_token = cancel_the_second
+    results = {}
+
+    def serve():
+        for request, tree in loop.serve():
+            results[id(request)] = tree
+            if len(results) == len(requests):
+                inbox.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    for request in requests:
+        inbox.submit(request)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert waits and engine.context.size.n_seq_max == 11
+    trees = [results[id(r)] for r in requests]
+    assert any(s.finish_reason == T.CANCELLED for s in trees[1].sequences)
+    assert all(s.finish_reason for t in trees for s in t.sequences)
+    assert all(len(t.sequences) == 4 for i, t in enumerate(trees) if i != 1)
+    assert all(engine.context.seq_length(i) == 0 for i in range(11))
+    engine.reset()
