@@ -26,6 +26,7 @@ import llama_cpp as lc
 
 from .config import MAX_SEQUENCES
 from .errors import EagerError
+from .machine import default_threads, extra_buffers_enabled
 
 
 class LlamaError(EagerError):
@@ -72,71 +73,6 @@ def _last_error_line() -> str:
 
 
 # --- threads -------------------------------------------------------------------------------------
-def default_threads() -> int:
-    """Physical performance cores available to this process.
-
-    llama.cpp's worker threads spin; on small shared machines more threads than physical cores
-    collapses throughput by 10-60x, so we never default to logical (SMT) cores.
-    EAGER_LOCAL_THREADS overrides (e.g. 1 when several model processes share a small machine).
-    """
-    if os.environ.get("EAGER_LOCAL_THREADS", "").isdigit() and int(os.environ["EAGER_LOCAL_THREADS"]) > 0:
-        return int(os.environ["EAGER_LOCAL_THREADS"])
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        usable = os.cpu_count() or 1
-    physical = _physical_cores() or usable
-    return max(1, min(usable, physical))
-
-
-def _physical_cores() -> int | None:
-    if sys.platform == "darwin":
-        import subprocess
-
-        for key in ("hw.perflevel0.physicalcpu", "hw.physicalcpu"):  # perflevel0 = P-cores
-            try:
-                out = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=2)
-                if out.returncode == 0 and out.stdout.strip().isdigit():
-                    return int(out.stdout.strip())
-            except (OSError, subprocess.SubprocessError):
-                pass
-        return None
-    try:
-        cores = set()
-        physical_id = core_id = None
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("physical id"):
-                    physical_id = line.split(":")[1].strip()
-                elif line.startswith("core id"):
-                    core_id = line.split(":")[1].strip()
-                elif not line.strip() and core_id is not None:
-                    cores.add((physical_id, core_id))
-                    physical_id = core_id = None
-        if core_id is not None:
-            cores.add((physical_id, core_id))
-        return len(cores) or None
-    except OSError:
-        return None
-
-
-def _extra_buffers_enabled() -> bool:
-    """Whether llama.cpp may use its extra weight buffer types (CPU repacking, Intel AMX).
-
-    On CPUs that report AMX, llama.cpp's AMX kernels died with SIGILL (`tilezero`) on the machine we
-    test on, a VM whose CPU advertises AMX. Laptops have no AMX, so we leave those buffers off where
-    AMX is reported; EAGER_LOCAL_EXTRA_BUFFERS=1 or 0 overrides.
-    """
-    forced = os.environ.get("EAGER_LOCAL_EXTRA_BUFFERS")
-    if forced in ("0", "1"):
-        return forced == "1"
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_int8" not in f.read()
-    except OSError:
-        return True
-
-
 # --- model ---------------------------------------------------------------------------------------
 class Model:
     """A loaded GGUF model: vocabulary, tokenizer, chat template, sizes."""
@@ -149,7 +85,7 @@ class Model:
         self.n_gpu_layers = n_gpu_layers
         params = lc.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
-        params.use_extra_bufts = _extra_buffers_enabled()
+        params.use_extra_bufts = extra_buffers_enabled()
         params.vocab_only = vocab_only
         self._model = lc.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
@@ -265,6 +201,11 @@ class Model:
 
 # --- context -------------------------------------------------------------------------------------
 PROMPT_LOGITS_CHUNK = 128  # prompt tokens per decode when every token's logits are wanted
+# llama.cpp's CPU matrix products take another kernel for batches of few rows (fewer than 8 for a
+# Q4_K model on x86, 1 for Q4_1), whose results differ from the many-row kernel's in the last bits
+# and can change the next token. A prefill keeps every chunk at least this long, so a prompt's
+# cells and logits are the same however it is split into chunks (BENCHMARKS.md, "Prompt cache").
+EXACT_BATCH_ROWS = 16
 
 
 @dataclass
@@ -372,7 +313,8 @@ class Context:
         return np.ctypeslib.as_array(ptr, shape=(n_out, self.model.n_vocab))
 
     def prefill(self, tokens: list[int], seq_id: int, start_pos: int = 0, on_logits=None) -> np.ndarray:
-        """Decode a prompt into one sequence in n_batch chunks; return the last token's logits (copy).
+        """Decode a prompt into one sequence in chunks of at most n_batch tokens and, where the
+        prompt allows, at least EXACT_BATCH_ROWS (`chunk_bounds`); return the last token's logits (copy).
 
         With `on_logits`, every token's logits, chunk by chunk: `on_logits(index in tokens of the
         chunk's first token, their logits view)`, chunks of at most PROMPT_LOGITS_CHUNK tokens (llama.cpp
@@ -380,8 +322,8 @@ class Context:
         """
         step = self.size.n_batch if on_logits is None else min(self.size.n_batch, PROMPT_LOGITS_CHUNK)
         logits = None
-        for begin in range(0, len(tokens), step):
-            chunk = tokens[begin : begin + step]
+        for begin, end in chunk_bounds(len(tokens), step):
+            chunk = tokens[begin:end]
             want = np.zeros(len(chunk), dtype=np.int8)
             if on_logits is not None:
                 want[:] = 1
@@ -455,6 +397,16 @@ class Context:
 
     def __del__(self):
         self.close()
+
+
+def chunk_bounds(n: int, step: int) -> list[tuple[int, int]]:
+    """[begin, end) of the chunks a prefill of n tokens decodes: `step` tokens each, except that a
+    last chunk shorter than EXACT_BATCH_ROWS takes tokens from the one before it."""
+    bounds = [(begin, min(begin + step, n)) for begin in range(0, n, step)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < EXACT_BATCH_ROWS:
+        cut = n - EXACT_BATCH_ROWS
+        bounds[-2:] = [(bounds[-2][0], cut), (cut, n)]
+    return bounds
 
 
 @dataclass

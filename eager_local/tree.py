@@ -70,6 +70,10 @@ class Tree:
     steps: int = 0
     wall_time: float = 0.0
     started: bool = True  # False when the budget ran out before the prompt got a turn
+    # prompt tokens whose KV cells an earlier prompt left (the engine's prompt cache, a kept
+    # conversation): not decoded again. Not part of the tree's JSON: it depends on what ran
+    # before, not on the prompt.
+    cached_tokens: int = 0
 
     @property
     def generated_tokens(self) -> int:
@@ -93,6 +97,7 @@ class Tree:
     # JSON ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         data = asdict(self)
+        del data["cached_tokens"]
         for s in data["sequences"]:
             # JSON has no NaN: entropies that were not computed become null.
             s["entropies"] = [None if math.isnan(h) else round(h, 5) for h in s["entropies"]]

@@ -33,7 +33,8 @@ import numpy as np
 from eager_local import models
 from eager_local.config import GenerationConfig, SamplingParams
 from eager_local.engine import Engine, Request
-from eager_local.llama import Context, ContextSize, Model, default_threads
+from eager_local.llama import Context, ContextSize, Model
+from eager_local.machine import default_threads
 
 PROMPT = "Write a long story about a robot who learns to paint. Describe every day in detail."
 
@@ -112,14 +113,14 @@ def section_sequential(model_path, model, prompt_text, prompt, threads, n_tokens
     """Engine parallel M vs M create_completion calls, same prompt text, same max tokens."""
     import llama_cpp as lc
 
-    from eager_local.llama import _extra_buffers_enabled
+    from eager_local.machine import extra_buffers_enabled
 
     # Llama() loads with default model params; keep llama.cpp's AMX buffers off where ours are.
     default_params = lc.llama_model_default_params
 
     def patched():
         params = default_params()
-        params.use_extra_bufts = _extra_buffers_enabled()
+        params.use_extra_bufts = extra_buffers_enabled()
         return params
 
     lc.llama_model_default_params = patched

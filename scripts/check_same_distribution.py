@@ -18,7 +18,8 @@ import urllib.request
 import numpy as np
 
 from eager_local.api import EagerLocal
-from eager_local.llama import Context, ContextSize, _extra_buffers_enabled
+from eager_local.llama import Context, ContextSize
+from eager_local.machine import extra_buffers_enabled
 from llama_server import LlamaServer  # scripts/llama_server.py (python puts scripts/ on the path)
 
 
@@ -59,7 +60,7 @@ def main():
     contexts = [prompt + answer[:k] for k in (0, len(answer) // 2, len(answer))]
     ours = [our_top(llm, c, args.temperature) for c in contexts]
     with LlamaServer(args.server, llm.resolved.path, slots=1, n_ctx=1024, threads=args.threads,
-                     extra_args=[] if _extra_buffers_enabled() else ["--no-repack"]) as server:
+                     extra_args=[] if extra_buffers_enabled() else ["--no-repack"]) as server:
         theirs = [server_top(server, c, args.temperature) for c in contexts]
     worst = 0.0
     for context, a, b in zip(contexts, ours, theirs):

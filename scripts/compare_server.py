@@ -175,9 +175,9 @@ def _peak_rss_mb(pid: int) -> float | None:
 
 
 def _extra_buffers() -> bool:
-    from eager_local.llama import _extra_buffers_enabled
+    from eager_local.machine import extra_buffers_enabled
 
-    return _extra_buffers_enabled()
+    return extra_buffers_enabled()
 
 
 def main():

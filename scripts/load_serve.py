@@ -11,7 +11,9 @@
 
 Every client sends its requests one after the other (POST /v1/chat/completions, not streamed), so
 C requests are in flight at once. The prompts are seeded arithmetic questions, the same for every
-server. At the end it prints one JSON document: requests sent, answered and failed, requests/s,
+server. With --conversation each client's requests are the turns of one chat: a request carries the
+questions and first answers before it, as a chat client sends them, so a server's prompt cache can
+skip what it decoded for the turn before. At the end it prints one JSON document: requests sent, answered and failed, requests/s,
 p50/p95 latency, completion tokens and aggregate tokens/s, and, for eager-local, its /health batch
 statistics. It checks that nothing was lost or duplicated: every request answered exactly once,
 every response id distinct.
@@ -21,8 +23,8 @@ choice's text is tokenized with the model's tokenizer and the counts summed. The
 `usage.completion_tokens` differ in what they count (eager-local: the tree's #T, a shared prefix
 once; llama-server: one choice only, whatever `n` is), so tokens/s comes from the recount; the
 `usage` sum is reported beside it as `usage_completion_tokens`. Prompt tokens are the servers'
-`usage` sums; `prompt_tokens_reused` is how many of them llama-server took from a slot's cache
-(its `timings.cache_n`; eager-local does not report it).
+`usage` sums; `prompt_tokens_reused` is how many of them the server took from its prompt cache
+(llama-server: a slot's `timings.cache_n`; eager-local: `usage.prompt_tokens_details.cached_tokens`).
 
 Benchmark code, not part of the package. The load itself uses the standard library only; the
 recount loads the tokenizer through eager_local (vocabulary only, no weights).
@@ -77,9 +79,11 @@ def run_load(base_url: str, args) -> dict:
 
     def client(c: int) -> list[dict]:
         results = []
+        history: list[dict] = []  # --conversation: the turns so far
         for r in range(args.requests):
             i = c * args.requests + r
-            body = {"model": args.model_name, "messages": [{"role": "user", "content": texts[i]}],
+            messages = (history if args.conversation else []) + [{"role": "user", "content": texts[i]}]
+            body = {"model": args.model_name, "messages": messages,
                     "max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed + i}
             if args.n is not None:
                 body["n"] = args.n
@@ -90,9 +94,9 @@ def run_load(base_url: str, args) -> dict:
                 results.append({"request": i, "ok": True, "latency": time.perf_counter() - start, "id": data.get("id"),
                                 "tokens": int((data.get("usage") or {}).get("completion_tokens", 0)),
                                 "prompt": int((data.get("usage") or {}).get("prompt_tokens", 0)),
-                                # llama-server only: prompt tokens taken from the slot's cache
-                                "reused": (data.get("timings") or {}).get("cache_n"),
+                                "reused": reused_prompt_tokens(data),
                                 "texts": [choice_text(c) for c in data.get("choices", [])]})
+                history = messages + [{"role": "assistant", "content": (results[-1]["texts"] or [""])[0]}]
             except urllib.error.HTTPError as e:  # the server's reason, e.g. a field out of its range
                 results.append({"request": i, "ok": False, "latency": time.perf_counter() - start,
                                 "error": f"{e}: {e.read()[:300].decode('utf-8', 'replace')}"})
@@ -132,6 +136,13 @@ def run_load(base_url: str, args) -> dict:
         "completion_tokens": recounted,
         "tokens_per_second": round(recounted / wall, 2) if wall else None,
     }
+
+
+def reused_prompt_tokens(data: dict) -> int | None:
+    """Prompt tokens a response says came from the server's prompt cache (None: it does not say)."""
+    if "timings" in data:  # llama-server: what the slot kept from its previous request
+        return (data["timings"] or {}).get("cache_n")
+    return ((data.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
 
 
 def choice_text(choice: dict) -> str:
@@ -192,6 +203,8 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=None, help="`n` of each request (default: the server's).")
     parser.add_argument("--extra", default=None, help='Extra JSON fields per request, e.g. \'{"theta": 2.0}\'.')
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--conversation", action="store_true",
+                        help="Each client's requests are the turns of one chat (each carries the ones before).")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--model-name", default=None, help="`model` of each request (default: what /v1/models lists).")
@@ -220,9 +233,9 @@ def main(argv=None) -> None:
         if not args.model:
             parser.error("--llama-server needs --model (a .gguf)")
         if args.no_repack is None:
-            from eager_local.llama import _extra_buffers_enabled
+            from eager_local.machine import extra_buffers_enabled
 
-            args.no_repack = not _extra_buffers_enabled()
+            args.no_repack = not extra_buffers_enabled()
         with LlamaServer(args.llama_server, args.model, slots=args.slots, n_ctx=args.n_ctx, threads=args.threads,
                          extra_args=["--no-repack"] if args.no_repack else None) as server:
             args.model_name = args.model_name or "default"

@@ -310,15 +310,15 @@ def step_widths_of(llm, monkeypatch, engine, config) -> tuple[list, list[int]]:
     original = Context.decode
 
     def observed(self, tokens, positions, seq_ids, want_logits):
-        widths.append(len(tokens))
+        if len(set(np.asarray(seq_ids).tolist())) == len(tokens):  # a step: one token per row (a prefill
+            widths.append(len(tokens))                             # decodes many into one sequence)
         return original(self, tokens, positions, seq_ids, want_logits)
 
     monkeypatch.setattr(Context, "decode", observed)
     requests = requests_for(llm, SIX_PROMPTS)
     trees = engine.generate(requests, config)
     engine.reset()
-    prompt_lengths = {len(r.tokens) for r in requests}
-    return trees, [w for w in widths if w not in prompt_lengths]
+    return trees, widths
 
 
 def test_new_prompts_wait_while_the_batch_is_full(llm, monkeypatch):

@@ -31,9 +31,9 @@ needs_server = pytest.mark.skipif(
 
 
 def _no_repack():
-    from eager_local.llama import _extra_buffers_enabled
+    from eager_local.machine import extra_buffers_enabled
 
-    return [] if _extra_buffers_enabled() else ["--no-repack"]
+    return [] if extra_buffers_enabled() else ["--no-repack"]
 
 
 def test_port_in_use_is_refused(default_model_path):

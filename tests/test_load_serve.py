@@ -38,3 +38,23 @@ def test_recount_counts_every_choice(load_serve, default_model_path):
     assert load_serve.recount_tokens([text] * 4, path) == 4 * one
     # a registry name resolves to the same file as its path
     assert load_serve.recount_tokens([text], "smollm2-135m") == one
+
+
+def test_a_conversation_load_carries_each_turn_and_the_prompt_cache_skips_it(load_serve, llm):
+    """--conversation: a client's later requests carry its earlier turns, so their prompts grow,
+    and eager-local's prompt cache reports the turns before as reused."""
+    import argparse
+
+    from serve_helpers import running_server
+
+    args = argparse.Namespace(clients=2, requests=3, max_tokens=8, temperature=0.6, n=1, extra=None, seed=4,
+                              timeout=120, api_key=None, model_name=None, conversation=True,
+                              tokenizer="smollm2-135m")
+    with running_server(llm, slots=2) as server:
+        args.model_name = server.limits.model
+        report = load_serve.run_load(server.base_url, args)
+    assert report["answered"] == 6 and report["nothing_lost_or_duplicated"]
+    single = args.max_tokens * 0 + len(llm.prompt_tokens(load_serve.prompts(1, 4)[0]))
+    # three turns each: the prompts grow (by a question and an answer per turn), far past three single ones
+    assert report["prompt_tokens"] > 2 * 3 * single * 1.5
+    assert report["prompt_tokens_reused"] >= 2 * 2 * (single - 16)

@@ -58,13 +58,13 @@ def reference(default_model_path):
     import llama_cpp
     import llama_cpp.llama_cpp as lc
 
-    from eager_local.llama import _extra_buffers_enabled, default_threads
+    from eager_local.machine import default_threads, extra_buffers_enabled
 
     defaults = lc.llama_model_default_params
 
     def params():
         out = defaults()
-        out.use_extra_bufts = _extra_buffers_enabled()
+        out.use_extra_bufts = extra_buffers_enabled()
         return out
 
     with pytest.MonkeyPatch.context() as patch:

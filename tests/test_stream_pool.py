@@ -74,7 +74,9 @@ def test_a_budget_cuts_rows_while_forks_wait(llm):
     trees = small.generate(requests, config, budget=budget)
     assert budget.spent == sum(t.generated_tokens for t in trees) <= 150
     assert all(s.finish_reason for t in trees for s in t.sequences)
-    assert all(small.context.seq_length(i) == 0 for i in range(11))  # every stream was given back
+    # every stream was given back: only the prompt cache keeps cells, one stream per distinct prompt
+    holding = [i for i in range(11) if small.context.seq_length(i) > 0]
+    assert len(holding) <= len({tuple(r.tokens) for r in requests})
     small.reset()
 
 
@@ -173,5 +175,7 @@ def test_a_request_cancelled_while_forks_wait_frees_every_stream(llm, monkeypatc
     assert any(s.finish_reason == T.CANCELLED for s in trees[1].sequences)
     assert all(s.finish_reason for t in trees for s in t.sequences)
     assert all(len(t.sequences) == 4 for i, t in enumerate(trees) if i != 1)
-    assert all(engine.context.seq_length(i) == 0 for i in range(11))
+    # every stream was given back: only the prompt cache keeps cells, one stream per distinct prompt
+    holding = [i for i in range(11) if engine.context.seq_length(i) > 0]
+    assert len(holding) <= len({tuple(r.tokens) for r in requests})
     engine.reset()

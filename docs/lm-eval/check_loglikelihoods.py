@@ -26,13 +26,13 @@ def load_reference(path: str):
     import llama_cpp
     import llama_cpp.llama_cpp as lc
 
-    from eager_local.llama import _extra_buffers_enabled  # off where llama.cpp's AMX kernels crash
+    from eager_local.machine import extra_buffers_enabled  # off where llama.cpp's AMX kernels crash
 
     defaults = lc.llama_model_default_params
 
     def params():
         out = defaults()
-        out.use_extra_bufts = _extra_buffers_enabled()
+        out.use_extra_bufts = extra_buffers_enabled()
         return out
 
     lc.llama_model_default_params = params

@@ -17,6 +17,8 @@ recycled. Read it in this order:
     sizing.py    how large a context a call needs and how many prompts run at once; the forecast
                  of how wide an EAGer prompt grows (admission)
     loop.py      StepLoop, one call: admit, decode, advance (entropy, branch, sample), fork, finish
+    streams.py   SequencePool: the call's sequence ids (KV streams), forks waiting for one, and
+                 the prompt cache (a free stream keeps its prompt for a prompt that starts alike)
     groups.py    a step's rows grouped by their prompts' settings (per-request configs, budgets)
     serving.py   ServingLoop, a server's loop: requests join (Inbox) and leave between steps
     state.py     what a call keeps per prompt (PromptRun) and per live sequence (Row); StepStats

@@ -3,7 +3,8 @@
 This is llama.cpp's `parallel` example with branching added. One call's state lives in a
 `StepLoop`, and each step runs the same four stages:
 
-    admit    while there is room, take the next waiting prompt and prefill it into a free sequence;
+    admit    while there is room, take the next waiting prompt and prefill it into a free sequence
+             (after the cells an earlier prompt with the same opening left there, streams.py);
              its logits give the prompt's first row its first token. `parallel` forks that sequence
              M - 1 more times (the prompt's KV cells are copied, nothing is recomputed); EAGer
              starts with the one row.
@@ -117,20 +118,16 @@ class StepLoop:
                 room = (not self.ids.waiting and len(self.ids.free) >= rows
                         and safe(len(self.ids.free) - rows, self._claims() + [(rows, cap - rows)]))
             else:
-                room = len(self.ids.free) - self._reserved_ids() >= cap
+                room = len(self.ids.free) - sum(run.reserved for run in self.runs) >= cap
             if batch_full or not room:
                 self.pending.append(request)
                 break
+            tree = T.Tree(prompt=request.text, prompt_tokens=len(request.tokens), method=config.method,
+                          index=request.index, settings=tree_settings(config, cap, request))
             run = PromptRun(
                 request=request,
                 config=config,
-                tree=T.Tree(
-                    prompt=request.text,
-                    prompt_tokens=len(request.tokens),
-                    method=config.method,
-                    index=request.index,
-                    settings=tree_settings(config, cap, request),
-                ),
+                tree=tree,
                 cap=cap,
                 theta=config.theta if request.theta is None else request.theta,
                 reserved=0 if self.ids.pooled else cap,
@@ -138,9 +135,9 @@ class StepLoop:
                 branching_open=not parallel,
                 think_token=self._think_token(config),
             )
-            llama_id = self._take_id(run)
+            llama_id, cached = self._first_id(run)
             try:
-                first_logits = self._prefill(run, llama_id)
+                first_logits = self._prefill(run, llama_id, cached)
             except KVCacheFull:
                 self.ids.put_back(llama_id)
                 run.reserved = 0
@@ -179,15 +176,24 @@ class StepLoop:
             self._think_tokens[marker] = self.model.single_token(marker) if marker else None
         return self._think_tokens[marker]
 
-    def _prefill(self, run: PromptRun, llama_id: int) -> np.ndarray:
-        """Decode the prompt into `llama_id` (after the part a kept sequence already holds); its last
-        logits. A request with `on_prompt_logprobs` gets its prompt tokens' log-probabilities."""
+    def _first_id(self, run: PromptRun) -> tuple[int, int]:
+        """A new prompt's first id and how many prompt tokens its cells hold already: a kept
+        conversation's (`Request.prefix_seq`), the prompt cache's (pooled streams, streams.py; not
+        when every prompt token's logits are wanted), or none."""
         request = run.request
-        start = 0
         if request.prefix_seq is not None:
-            start = min(request.reuse, len(request.tokens) - 1)  # decode at least one token for logits
+            llama_id, start = self._take_id(run), min(request.reuse, len(request.tokens) - 1)  # decode >= 1 token
             self.ctx.fork(request.prefix_seq, llama_id)
             self.ctx.truncate(llama_id, start)
+            return llama_id, start
+        if self.ids.pooled and request.on_prompt_logprobs is None:
+            return self.ids.take_for_prompt(request.tokens)
+        return self._take_id(run), 0
+
+    def _prefill(self, run: PromptRun, llama_id: int, start: int) -> np.ndarray:
+        """Decode the prompt into `llama_id` after its first `start` tokens; its last logits.
+        A request with `on_prompt_logprobs` gets its prompt tokens' log-probabilities."""
+        request = run.request
         scored: list[tuple] = []
         on_logits = None
         if request.on_prompt_logprobs is not None:
@@ -203,12 +209,11 @@ class StepLoop:
             raise
         if request.on_prompt_logprobs is not None:
             request.on_prompt_logprobs(scored)
+        run.tree.cached_tokens = start
+        self.stats.record_prompt(len(request.tokens), start)
         return logits
 
     # sequence ids -------------------------------------------------------------------------------
-    def _reserved_ids(self) -> int:
-        return sum(run.reserved for run in self.runs)
-
     def _take_id(self, run: PromptRun) -> int:
         run.reserved = max(0, run.reserved - 1)
         return self.ids.take()

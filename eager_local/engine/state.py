@@ -23,6 +23,12 @@ class StepStats:
     prompt_steps: int = 0  # prompts active, summed over steps
     peak_rows: int = 0
     peak_prompts: int = 0
+    prompt_tokens: int = 0  # prompts admitted, their tokens summed
+    cached_tokens: int = 0  # of those, tokens whose cells were reused, not decoded
+
+    def record_prompt(self, tokens: int, cached: int) -> None:
+        self.prompt_tokens += tokens
+        self.cached_tokens += cached
 
     def record(self, rows: int, prompts: int) -> None:
         self.steps += 1
@@ -38,6 +44,8 @@ class StepStats:
             "mean_prompts": round(self.prompt_steps / self.steps, 2) if self.steps else 0.0,
             "peak_rows": self.peak_rows,
             "peak_prompts": self.peak_prompts,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
         }
 
 

@@ -13,6 +13,14 @@ grow, token for token. When an id is granted (`start_waiting`) the parent's stre
 parent has not moved since the fork, except that it may have finished at it, in which case the
 waiting row takes over the parent's own stream (`release`).
 
+A pooled stream that frees keeps its prompt's cells (the prompt cache; one stream per distinct
+prompt): a later prompt that starts with the same tokens (a chat template's opening, a
+conversation's earlier turns) continues them instead of decoding them again (`take_for_prompt`).
+A cached stream is still free: taken for another use, its prompt moves to an empty free stream
+while there is one. Only prompt cells are reused, never generated
+ones, and at least EXACT_BATCH_ROWS tokens are decoded afresh, so the prompt's cells and first
+logits equal those of a full prefill bit for bit (llama.EXACT_BATCH_ROWS says why that needs care).
+
 Pausing whole prompts could deadlock: every prompt paused, each holding ids and waiting for one.
 `safe` is the banker's rule that prevents it: an id is granted (a fork, or a new prompt's first
 row) only if afterwards the prompts can still finish one after another, each getting all the ids it
@@ -23,8 +31,29 @@ from __future__ import annotations
 
 import heapq
 
-from ..llama import Context
+import numpy as np
+
+from ..llama import EXACT_BATCH_ROWS, Context
 from .state import WAITING, Row
+
+
+# Reuse a cached prompt from this many shared tokens on: a stream copy costs about what decoding a
+# few tokens of a prompt does (BENCHMARKS.md, "Prompt cache").
+MIN_REUSE = 16
+
+
+def reusable(common: int, n_tokens: int) -> int:
+    """How many leading cells of a cached prompt sharing `common` tokens with a new prompt of
+    `n_tokens` to keep: all shared ones, but leaving EXACT_BATCH_ROWS to decode; 0 below MIN_REUSE."""
+    keep = min(common, n_tokens - EXACT_BATCH_ROWS)
+    return keep if keep >= MIN_REUSE else 0
+
+
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading tokens two token arrays share."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
 
 
 def safe(free: int, claims: list[tuple[int, int]]) -> bool:
@@ -50,9 +79,51 @@ class SequencePool:
         for llama_id in self.free:  # whatever an earlier, failed call left behind
             ctx.drop(llama_id)
         self.waiting: list[Row] = []  # oldest first
+        self.cached: dict[int, np.ndarray] = {}  # free id -> the prompt its cells begin with
 
     def take(self) -> int:
-        return heapq.heappop(self.free)
+        llama_id = heapq.heappop(self.free)
+        self._forget(llama_id)
+        return llama_id
+
+    def take_for_prompt(self, tokens: list[int]) -> tuple[int, int]:
+        """An id for a new prompt's first row, and how many of `tokens` its cells already hold.
+
+        The id is the lowest free one, as `take` gives, so the batch's ids stay where they would
+        be without the cache. When a free stream holds an earlier prompt that starts like this one,
+        the id continues its cells (`reusable` of them): it is that stream, cut back, or a copy of it.
+        """
+        prompt = np.asarray(tokens, dtype=np.int32)
+        best, common = None, 0
+        for llama_id in sorted(self.cached):
+            if (n := common_prefix(self.cached[llama_id], prompt)) > common:
+                best, common = llama_id, n
+        keep = reusable(common, len(tokens))
+        llama_id = heapq.heappop(self.free)
+        if keep == 0:
+            self._forget(llama_id)
+            return llama_id, 0
+        if llama_id == best:
+            del self.cached[llama_id]
+        else:
+            self._forget(llama_id)
+            self.ctx.fork(best, llama_id)
+        self.ctx.truncate(llama_id, keep)
+        return llama_id, keep
+
+    def _forget(self, llama_id: int) -> None:
+        """Empty a free stream that is about to be used. A cached prompt in it moves to the highest
+        empty free stream, if there is one (new rows take the lowest ids, so cached prompts drift
+        away from them and last until the pool is full), else it is dropped."""
+        tokens = self.cached.pop(llama_id, None)
+        if tokens is None:
+            return
+        empty = [i for i in self.free if i not in self.cached and i != llama_id]
+        if empty:
+            # queued before whatever the caller copies into llama_id: llama.cpp copies in order
+            self.ctx.fork(llama_id, max(empty))
+            self.cached[max(empty)] = tokens
+        self.ctx.drop(llama_id)
 
     def put_back(self, llama_id: int) -> None:
         """Return an id that holds no cells (or whose cells were just dropped)."""
@@ -85,7 +156,7 @@ class SequencePool:
 
     def release(self, row: Row) -> None:
         """A row finished (its cells are not kept for the caller): hand its stream to a row waiting
-        on its prefix, else drop its cells and free its id."""
+        on its prefix, else free its id (its prompt's cells cached when pooled, else dropped)."""
         if any(w is row for w in self.waiting):
             self.waiting = [w for w in self.waiting if w is not row]
             row.run.waiting -= 1
@@ -93,8 +164,12 @@ class SequencePool:
             return
         heirs = [w for w in self.waiting if w.source is row and w.waiting]
         if not heirs:
-            self.ctx.drop(row.llama_id)
-            self.put_back(row.llama_id)
+            prompt = np.asarray(row.run.request.tokens, dtype=np.int32)
+            if self.pooled and not any(np.array_equal(prompt, held) for held in self.cached.values()):
+                self.cached[row.llama_id] = prompt  # its cells begin with its prompt: keep them
+            else:
+                self.ctx.drop(row.llama_id)
+            heapq.heappush(self.free, row.llama_id)
             return
         heir = max(heirs, key=lambda w: w.keep)  # the latest fork: its prefix covers the others'
         self.ctx.truncate(row.llama_id, heir.keep)

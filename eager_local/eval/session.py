@@ -67,7 +67,7 @@ def session_info(model_path: Path, model_name: str | None, sha256: str, threads:
     """When, with what command, model, library versions and machine this session runs."""
     from importlib import metadata
 
-    from ..llama import default_threads
+    from ..machine import default_threads
 
     def version(dist: str) -> str | None:
         try:

@@ -77,7 +77,9 @@ class Reply:
 
     def usage(self, tree: T.Tree) -> dict:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": tree.generated_tokens,
-                "total_tokens": self.prompt_tokens + tree.generated_tokens}
+                "total_tokens": self.prompt_tokens + tree.generated_tokens,
+                # OpenAI's name for prompt tokens served from a cache (the engine's prompt cache)
+                "prompt_tokens_details": {"cached_tokens": tree.cached_tokens}}
 
     def eager(self, tree: T.Tree, texts: list[str], *, with_texts: bool = False) -> dict:
         """The branching: settings, each branch (and its text when it is not a choice), each
