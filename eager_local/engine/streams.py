@@ -17,9 +17,9 @@ A pooled stream that frees keeps its prompt's cells (the prompt cache; one strea
 prompt): a later prompt that starts with the same tokens (a chat template's opening, a
 conversation's earlier turns) continues them instead of decoding them again (`take_for_prompt`).
 A cached stream is still free: taken for another use, its prompt moves to an empty free stream
-while there is one. Only prompt cells are reused, never generated
-ones, and at least EXACT_BATCH_ROWS tokens are decoded afresh, so the prompt's cells and first
-logits equal those of a full prefill bit for bit (llama.EXACT_BATCH_ROWS says why that needs care).
+while there is one. Only prompt cells are reused, never generated ones, and at least
+EXACT_BATCH_ROWS tokens are decoded afresh, so the prompt's cells and first logits equal those of
+a full prefill bit for bit (llama.EXACT_BATCH_ROWS says why that needs care).
 
 Pausing whole prompts could deadlock: every prompt paused, each holding ids and waiting for one.
 `safe` is the banker's rule that prevents it: an id is granted (a fork, or a new prompt's first
@@ -37,8 +37,9 @@ from ..llama import EXACT_BATCH_ROWS, Context
 from .state import WAITING, Row
 
 
-# Reuse a cached prompt from this many shared tokens on: a stream copy costs about what decoding a
-# few tokens of a prompt does (BENCHMARKS.md, "Prompt cache").
+# Reuse a cached prompt from this many shared tokens on. A stream copy costs about as much as
+# decoding one prompt token (BENCHMARKS.md, "Engine speed, fork cost and memory"), so shorter
+# reuses would still pay, but too little to be worth a copy that may evict another cached prompt.
 MIN_REUSE = 16
 
 
