@@ -112,13 +112,13 @@ def test_a_finished_parent_hands_its_stream_to_its_waiting_forks(llm, arith_prom
         parent.seq.tokens = tokens[:5]
         late = row(2, 5, WAITING)
         pool.wait(late, parent)
-        assert (early.keep, late.keep, run.waiting, run.paused) == (P + 2, P + 5, 2, True)
+        assert (early.keep, late.keep, pool.waiting_for(run)) == (P + 2, P + 5, 2)
 
         pool.release(parent)  # the parent finished at the fork
         assert late.llama_id == parent_id and ctx.seq_length(parent_id) == P + 5
         assert early.waiting and early.source is late
         pool.start_waiting(lambda r: True)
-        assert not pool.waiting and run.waiting == 0 and not run.paused
+        assert not pool.waiting and pool.waiting_for(run) == 0
         assert early.llama_id not in (WAITING, parent_id) and ctx.seq_length(early.llama_id) == P + 2
 
         fresh = pool.take()

@@ -224,7 +224,8 @@ class StepLoop:
         claims = []
         for run in self.runs:
             forks_left = run.cap - len(run.tree.sequences) if run.branching_open and not run.parallel else 0
-            held, claim = run.live - run.waiting, run.waiting + max(0, forks_left)
+            waiting = self.ids.waiting_for(run)
+            held, claim = run.live - waiting, waiting + max(0, forks_left)
             claims.append((held + 1, claim - 1) if run is taking else (held, claim))
         return claims
 
@@ -256,9 +257,10 @@ class StepLoop:
         go last (self.rows is reordered to match, paused prompts' rows after them).
         """
         self.ids.compact([r for r in self.rows if not r.waiting])
-        paused = [r for r in self.rows if r.run.paused]
-        decoded = [r for r in self.rows if r.fresh_logits is None and not r.run.paused]
-        fresh = [r for r in self.rows if r.fresh_logits is not None and not r.run.paused]
+        paused_runs = {id(w.run) for w in self.ids.waiting}
+        paused = [r for r in self.rows if id(r.run) in paused_runs]
+        decoded = [r for r in self.rows if r.fresh_logits is None and id(r.run) not in paused_runs]
+        fresh = [r for r in self.rows if r.fresh_logits is not None and id(r.run) not in paused_runs]
         while decoded:
             ids = np.fromiter((r.llama_id for r in decoded), dtype=np.int32, count=len(decoded))
             # streams: llama.cpp wants increasing ids (see Context)

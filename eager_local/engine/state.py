@@ -69,11 +69,6 @@ class PromptRun:
     entropy_history: list[float] = field(default_factory=list)  # for the dynamic threshold
     think_token: int | None = None  # the config's end-of-thinking token: no branching after it
     spent: int = 0  # tokens generated for this prompt (#T so far)
-    waiting: int = 0  # its forked rows waiting for a stream (streams.SequencePool): the prompt pauses
-
-    @property
-    def paused(self) -> bool:
-        return self.waiting > 0
 
     @property
     def budget_left(self) -> float:

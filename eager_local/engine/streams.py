@@ -82,6 +82,11 @@ class SequencePool:
         self.waiting: list[Row] = []  # oldest first
         self.cached: dict[int, np.ndarray] = {}  # free id -> the prompt its cells begin with
 
+    def waiting_for(self, run) -> int:
+        """How many of `run`'s rows are queued here: while any is, the prompt pauses. (A row that
+        took over its parent's stream stays queued until `start_waiting`, like one still without.)"""
+        return sum(w.run is run for w in self.waiting)
+
     def take(self) -> int:
         llama_id = heapq.heappop(self.free)
         self._forget(llama_id)
@@ -100,10 +105,9 @@ class SequencePool:
             if (n := common_prefix(self.cached[llama_id], prompt)) > common:
                 best, common = llama_id, n
         keep = reusable(common, len(tokens))
-        llama_id = heapq.heappop(self.free)
         if keep == 0:
-            self._forget(llama_id)
-            return llama_id, 0
+            return self.take(), 0
+        llama_id = heapq.heappop(self.free)
         if llama_id == best:
             del self.cached[llama_id]
         else:
@@ -134,7 +138,6 @@ class SequencePool:
         """Queue a new row (llama id WAITING) that continues the first `source.position + 1` cells
         of `source`'s stream: the prompt and the parent's tokens up to the fork."""
         row.source, row.keep = source, source.position + 1
-        row.run.waiting += 1
         self.waiting.append(row)
 
     def start_waiting(self, may_take) -> None:
@@ -152,15 +155,12 @@ class SequencePool:
                 self.ctx.fork(row.source.llama_id, row.llama_id)
                 self.ctx.truncate(row.llama_id, row.keep)
             row.source = None
-            row.run.waiting -= 1
         self.waiting = still
 
     def release(self, row: Row) -> None:
         """A row finished (its cells are not kept for the caller): hand its stream to a row waiting
         on its prefix, else free its id (its prompt's cells cached when pooled, else dropped)."""
-        if any(w is row for w in self.waiting):
-            self.waiting = [w for w in self.waiting if w is not row]
-            row.run.waiting -= 1
+        self.waiting = [w for w in self.waiting if w is not row]
         if row.waiting:
             return
         heirs = [w for w in self.waiting if w.source is row and w.waiting]
