@@ -4,6 +4,10 @@ Each case is a call of the public API, `EagerLocal.generate(prompts, **options)`
 what generation decides: every sequence's tokens, parent, fork point and finish reason, every branch
 event, and entropies to 3 decimals (llama.cpp's logits are deterministic for one build and thread
 count; rounding absorbs float noise in the entropy sum, not a changed decision).
+
+The trees are pinned per CPU kernel set (`kernels`): llama.cpp built for another instruction set
+(AVX2 against AVX-512, say) computes other last bits of the logits, and a sampled token near a tie,
+or an entropy near θ, then goes the other way, so one engine grows other trees on another CPU.
 """
 
 from __future__ import annotations
@@ -33,6 +37,19 @@ CASES = {
                          options=dict(theta=0.4, max_sequences=4, max_new_tokens=32, tempered_entropy=True,
                                       top_k_entropy=10, seed=9)),
 }
+
+
+def kernels() -> str:
+    """Which of llama.cpp's CPU kernels this process runs: the features llama.cpp was built with (its
+    system info; a source build targets the building CPU) and whether its extra weight buffer types
+    (repacked weights) are on. Two machines with the same value compute the same logits."""
+    import llama_cpp
+
+    from eager_local.machine import extra_buffers_enabled
+
+    info = llama_cpp.llama_print_system_info().decode().replace("CPU :", "|")
+    features = [part.split("=")[0].strip() for part in info.split("|") if part.strip().endswith("= 1")]
+    return " ".join(features) + (" | extra buffers" if extra_buffers_enabled() else " | no extra buffers")
 
 
 def _round(values):

@@ -14,6 +14,7 @@ from eager_local.engine import Engine, Request
 from eager_local.engine.sizing import RowForecast
 from eager_local.entropy import top_k_entropy
 from eager_local.llama import Context, ContextSize
+from llama_helpers import greedy
 
 
 def requests_for(llm, prompts):
@@ -251,23 +252,15 @@ def test_parked_sequence_resumes_exactly(llm, arith_prompt):
     prompt = llm.prompt_tokens(arith_prompt)
     ctx = Context(model, ContextSize(cells=256, n_seq_max=4, n_batch=512), n_threads=llm.engine.n_threads)
     try:
-        def greedy(seq_id, first_logits, start, n):
-            out, logits = [], first_logits
-            for i in range(n):
-                tok = int(np.argmax(logits))
-                out.append(tok)
-                logits = ctx.decode([tok], [start + i], [seq_id], [1])[0].copy()
-            return out, logits
-
         first = ctx.prefill(prompt, 0)
-        head, logits = greedy(0, first, len(prompt), 5)
+        head, logits = greedy(ctx, 0, first, len(prompt), 5)
         state = ctx.park(0)
-        reference, ref_logits = greedy(0, logits, len(prompt) + 5, 10)
+        reference, ref_logits = greedy(ctx, 0, logits, len(prompt) + 5, 10)
         ctx.drop(0)
         ctx.prefill(model.tokenize("Something else entirely, to reuse the cells."), 1)
         ctx.restore(state, 2)
         assert ctx.seq_length(2) == len(prompt) + 5
-        resumed, res_logits = greedy(2, logits, len(prompt) + 5, 10)
+        resumed, res_logits = greedy(ctx, 2, logits, len(prompt) + 5, 10)
         assert resumed == reference
         np.testing.assert_allclose(res_logits, ref_logits, atol=1e-3)
     finally:
@@ -377,22 +370,15 @@ def test_moved_and_forked_sequences_continue_exactly(llm, arith_prompt):
     prompt = llm.prompt_tokens(arith_prompt)
     ctx = Context(llm.model, ContextSize(cells=256, n_seq_max=4, n_batch=512), n_threads=llm.engine.n_threads)
     try:
-        def greedy(seq_id, logits, start, n):
-            out = []
-            for i in range(n):
-                out.append(int(np.argmax(logits)))
-                logits = ctx.decode([out[-1]], [start + i], [seq_id], [1])[0].copy()
-            return out, logits
-
-        head, logits = greedy(0, ctx.prefill(prompt, 0), len(prompt), 5)
+        head, logits = greedy(ctx, 0, ctx.prefill(prompt, 0), len(prompt), 5)
         ctx.fork(0, 1)
         ctx.move(1, 3)
         state = ctx.park(3)  # before any decode: the copies must be made first
         ctx.drop(3)
         ctx.restore(state, 2)
         assert [ctx.seq_length(i) for i in range(4)] == [len(prompt) + 5, 0, len(prompt) + 5, 0]
-        original, original_logits = greedy(0, logits, len(prompt) + 5, 10)
-        copied, copied_logits = greedy(2, logits, len(prompt) + 5, 10)
+        original, original_logits = greedy(ctx, 0, logits, len(prompt) + 5, 10)
+        copied, copied_logits = greedy(ctx, 2, logits, len(prompt) + 5, 10)
         assert copied == original
         np.testing.assert_allclose(copied_logits, original_logits, atol=1e-4)
     finally:

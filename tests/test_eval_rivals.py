@@ -20,8 +20,10 @@ from cli_helpers import assert_one_line_error as one_line_error, eager, toy_eval
 from eager_local.answers import extract_answer, vote_key
 from eager_local.eval import store
 
+# Sums whose 32-token texts end on varied numbers (the rules run to the cap), and one request the
+# test model answers the same way every time (the rules stop early): both outcomes on any CPU.
 TOY = [("What is 2 + 2?", "4"), ("What is 3 + 4?", "7"), ("What is 10 + 10?", "20"), ("What is 5 - 3?", "2"),
-       ("What is 1 + 1?", "2"), ("What is 6 + 1?", "7")]
+       ("What is 1 + 1?", "2"), ("Say only the number 12.", "12")]
 M, THRESHOLD, WINDOW = 6, 0.95, 3  # the default window at M = 6: two windows of 5 do not fit, so M // 2
 AC, ESC = "adaptive-consistency_M6", "esc_M6"
 
