@@ -36,18 +36,19 @@ def main() -> None:
     from eager_local.api import EagerLocal
 
     llm = EagerLocal(MODEL)
+    this = kernels()
     mine = {name: run_case(llm, case) for name, case in CASES.items()}
     others = json.loads(OUT.read_text())["cases"] if args.add and OUT.exists() else {}
     # A CPU pinned under another label whose trees equal this one's is the same kernel set: one entry.
-    cases = {label: pins for label, pins in others.items() if label != kernels() and pins != mine}
-    cases[kernels()] = mine
+    cases = {label: pins for label, pins in others.items() if label != this and pins != mine}
+    cases[this] = mine
     doc = {
         "model_sha256": llm.resolved.sha256,
         "cases": cases,
         "estimator": {name: estimator_outputs(case) for name, case in ESTIMATOR_CASES.items()},
     }
     OUT.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {OUT}: pins for {len(cases)} CPU kernel sets, this one {kernels()!r}")
+    print(f"wrote {OUT}: pins for {len(cases)} CPU kernel sets, this one {this!r}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pinned_cases import CASES, ESTIMATOR_CASES, MODEL, estimator_outputs, kerne
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_trees.json").read_text())
 PINS = PINNED["cases"]  # CPU kernel set -> case name -> trees (pinned_cases.py says why per CPU)
+KERNELS = kernels()  # this CPU's kernel set, the key into PINS
 
 
 def test_pins_are_for_the_test_model(llm):
@@ -30,12 +31,12 @@ def test_pins_are_for_the_test_model(llm):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_engine_reproduces_pinned_trees(llm, name):
     got = run_case(llm, CASES[name])
-    if kernels() not in PINS:  # a CPU pinned under a descriptive label is recognised by its trees
+    if KERNELS not in PINS:  # a CPU pinned under a descriptive label is recognised by its trees
         assert any(pins[name] == got for pins in PINS.values()), (
-            f"{name}: the trees equal no pinned CPU's, and this CPU's kernels ({kernels()}) have no pins "
+            f"{name}: the trees equal no pinned CPU's, and this CPU's kernels ({KERNELS}) have no pins "
             "of their own: if the engine is unchanged, `python scripts/pin_trees.py --add` pins them")
         return
-    want = PINS[kernels()][name]
+    want = PINS[KERNELS][name]
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
         assert [s["tokens"] for s in g["sequences"]] == [s["tokens"] for s in w["sequences"]], (name, i)
