@@ -11,6 +11,9 @@ Each run is its own process (peak RSS is a process's), one after another, never 
   eager        EAGer-init as the engine runs it (`eager-local eval --method eager-init`)
   eager-before EAGer-init with the eager_local package of the checkout --before names (put first on
                the child's PYTHONPATH; e.g. `git worktree add ../eager_local-before <commit>`)
+  eager:R[:H]  EAGer-init with admission's row limit R (`Engine.max_batch_rows`) and, if given, the
+               pool of streams at H x R + 1 (`sizing.POOL_HEADROOM`): the trade of memory for
+               batch width, as knobs of this script, not of the product
 
 Prints tokens, wall, tokens/s, peak RSS, rows and prompts per step, and each run's ratios to
 `parallel`. The runs draw the same samples as `eager-local eval` would (same prompts, seeds and
@@ -39,12 +42,19 @@ def child(args) -> dict:
     from eager_local.eval.session import peak_rss_mb
 
     runner = EagerLocal(args.model, threads=args.threads)
+    kind, _, knobs = args.child.partition(":")
+    if knobs:
+        rows, _, headroom = knobs.partition(":")
+        runner.engine.max_batch_rows = int(rows)
+        if headroom:
+            from eager_local.engine import sizing
+            sizing.POOL_HEADROOM = float(headroom)
     everything = load_dataset(args.dataset)
     problems = select(everything, offset=args.offset, limit=args.limit)
     positions = {p.id: i for i, p in enumerate(everything)}
     requests = [Request(tokens=runner.prompt_tokens(render(DEFAULT_TEMPLATE, p.problem), chat=True),
                         text=p.problem, index=positions[p.id]) for p in problems]
-    method = "parallel" if args.child == "parallel" else "eager-init"
+    method = "parallel" if kind == "parallel" else "eager-init"
     config = runner.config(method=method, theta=args.theta, max_sequences=args.M, max_new_tokens=args.n,
                            temperature=args.temperature, seed=55)
     stats = runner.count_steps()
@@ -63,6 +73,18 @@ def child(args) -> dict:
             "n_seq_max": ctx.n_seq_max, "cells_per_seq": ctx.cells, **stats.as_dict()}
 
 
+def _valid_run(kind: str) -> bool:
+    """A name of KINDS, or eager:ROWS[:HEADROOM] with a whole ROWS > 0 and a HEADROOM >= 1."""
+    if kind in KINDS:
+        return True
+    name, _, knobs = kind.partition(":")
+    rows, _, headroom = knobs.partition(":")
+    try:
+        return name == "eager" and int(rows) > 0 and (not headroom or float(headroom) >= 1)
+    except ValueError:
+        return False
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -76,7 +98,7 @@ def main():
     ap.add_argument("--temperature", type=float, default=0.6)
     ap.add_argument("--runs", default="parallel,eager", help="comma list, in order, of " + ", ".join(KINDS))
     ap.add_argument("--before", help="checkout whose eager_local the eager-before run uses")
-    ap.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args)))
@@ -84,6 +106,8 @@ def main():
 
     passthrough = [a for a in sys.argv[1:]]
     kinds = args.runs.split(",")
+    if unknown := [k for k in kinds if not _valid_run(k)]:
+        sys.exit(f"bench_memory: unknown run {unknown[0]!r} (one of {', '.join(KINDS)}, or eager:ROWS[:HEADROOM])")
     if "eager-before" in kinds and not args.before:
         sys.exit("bench_memory: the eager-before run needs --before CHECKOUT")
     results = []
@@ -106,7 +130,7 @@ def main():
             print(f"{r['kind']:<10} tokens {r['tokens'] / base['tokens']:.2f} · wall {r['wall'] / base['wall']:.2f} · "
                   f"tokens/s {r['tokens_per_s'] / base['tokens_per_s']:.2f} · peak RSS "
                   f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}")
-    eager = [r for r in results if r["kind"].startswith("eager")]
+    eager = [r for r in results if r["kind"] in ("eager", "eager-before")]
     if len(eager) == 2:
         print("eager and eager-before grew " + ("the same trees" if eager[0]["trees"] == eager[1]["trees"]
                                                  else "different trees"))
