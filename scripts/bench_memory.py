@@ -42,13 +42,12 @@ def child(args) -> dict:
     from eager_local.eval.session import peak_rss_mb
 
     runner = EagerLocal(args.model, threads=args.threads)
-    kind, _, knobs = args.child.partition(":")
-    if knobs:
-        rows, _, headroom = knobs.partition(":")
-        runner.engine.max_batch_rows = int(rows)
-        if headroom:
-            from eager_local.engine import sizing
-            sizing.POOL_HEADROOM = float(headroom)
+    kind, rows, headroom = parse_run(args.child)
+    if rows is not None:
+        runner.engine.max_batch_rows = rows
+    if headroom is not None:
+        from eager_local.engine import sizing
+        sizing.POOL_HEADROOM = headroom
     everything = load_dataset(args.dataset)
     problems = select(everything, offset=args.offset, limit=args.limit)
     positions = {p.id: i for i, p in enumerate(everything)}
@@ -73,16 +72,25 @@ def child(args) -> dict:
             "n_seq_max": ctx.n_seq_max, "cells_per_seq": ctx.cells, **stats.as_dict()}
 
 
-def _valid_run(kind: str) -> bool:
-    """A name of KINDS, or eager:ROWS[:HEADROOM] with a whole ROWS > 0 and a HEADROOM >= 1."""
-    if kind in KINDS:
-        return True
-    name, _, knobs = kind.partition(":")
+def parse_run(run: str) -> tuple[str, int | None, float | None]:
+    """A run's kind, row limit and pool headroom (None: the engine's): a name of KINDS, or
+    eager:ROWS[:HEADROOM] with a whole ROWS > 0 and a HEADROOM >= 1. ValueError for anything else."""
+    if run in KINDS:
+        return run, None, None
+    name, _, knobs = run.partition(":")
     rows, _, headroom = knobs.partition(":")
+    parsed = (name, int(rows), float(headroom) if headroom else None)  # ValueError if not numbers
+    if name != "eager" or parsed[1] <= 0 or (parsed[2] is not None and parsed[2] < 1):
+        raise ValueError(run)
+    return parsed
+
+
+def _valid_run(run: str) -> bool:
     try:
-        return name == "eager" and int(rows) > 0 and (not headroom or float(headroom) >= 1)
+        parse_run(run)
     except ValueError:
         return False
+    return True
 
 
 def main():
@@ -96,7 +104,7 @@ def main():
     ap.add_argument("-n", type=int, default=256)
     ap.add_argument("--theta", type=float, default=1.912)
     ap.add_argument("--temperature", type=float, default=0.6)
-    ap.add_argument("--runs", default="parallel,eager", help="comma list, in order, of " + ", ".join(KINDS))
+    ap.add_argument("--runs", default="parallel,eager", help="comma list, in order, of " + ", ".join(KINDS) + ", eager:ROWS[:HEADROOM]")
     ap.add_argument("--before", help="checkout whose eager_local the eager-before run uses")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
