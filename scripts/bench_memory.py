@@ -15,10 +15,12 @@ Each run is its own process (peak RSS is a process's), one after another, never 
                pool of streams at H x R + 1 (`sizing.POOL_HEADROOM`): the trade of memory for
                batch width, as knobs of this script, not of the product
 
-Prints tokens, wall, tokens/s, peak RSS, rows and prompts per step, and each run's ratios to
-`parallel`. The runs draw the same samples as `eager-local eval` would (same prompts, seeds and
-template); `eager` and `eager-before` draw the same trees when the change was not meant to change
-sampling (the script says whether they did).
+Prints tokens, wall, tokens/s, peak RSS, rows and prompts per step, where the wall time went
+(prefilling prompts, the steps' batched decodes, Python between them), and each run's ratios to
+`parallel`, among them tokens/s outside prefill: every method prefills the same prompts once, so
+that time does not shrink with the tokens a method saves. The runs draw the same samples as
+`eager-local eval` would (same prompts, seeds and template); `eager` and `eager-before` draw the
+same trees when the change was not meant to change sampling (the script says whether they did).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def child(args) -> dict:
     config = runner.config(method=method, theta=args.theta, max_sequences=args.M, max_new_tokens=args.n,
                            temperature=args.temperature, seed=55)
     stats = runner.count_steps()
+    timers = time_llama_calls()
     start = time.perf_counter()
     trees = list(runner.stream(requests, config))
     wall = time.perf_counter() - start
@@ -69,7 +72,33 @@ def child(args) -> dict:
     return {"kind": args.child, "package": os.path.dirname(eager_local.__file__), "tokens": tokens, "wall": wall,
             "tokens_per_s": tokens / wall, "trees": digest,
             "peak_rss_mb": peak_rss_mb(), "sequences": sum(len(t.sequences) for t in trees),
-            "n_seq_max": ctx.n_seq_max, "cells_per_seq": ctx.cells, **stats.as_dict()}
+            "n_seq_max": ctx.n_seq_max, "cells_per_seq": ctx.cells, **stats.as_dict(),
+            "prefill_s": timers["prefill"], "step_decode_s": timers["decode"] - timers["prefill"],
+            "rest_s": wall - timers["decode"]}
+
+
+def time_llama_calls() -> dict:
+    """Wrap Context.prefill and Context.decode to add up their seconds (prefill's own decode
+    calls count in both, so a step's decodes are decode - prefill). The split answers where a
+    run's wall time goes: prompts (the same prompts, once each, for every method), the batched
+    steps, and everything in Python between them. Stream copies for forks are made by llama.cpp at
+    the start of the next decode, so they count in the steps."""
+    from eager_local.llama import Context
+
+    seconds = {"prefill": 0.0, "decode": 0.0}
+
+    def timed(name, method):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - start
+        return wrapper
+
+    Context.prefill = timed("prefill", Context.prefill)
+    Context.decode = timed("decode", Context.decode)
+    return seconds
 
 
 def parse_run(run: str) -> tuple[str, int | None, float | None]:
@@ -83,6 +112,11 @@ def parse_run(run: str) -> tuple[str, int | None, float | None]:
     if name != "eager" or parsed[1] <= 0 or (parsed[2] is not None and parsed[2] < 1):
         raise ValueError(run)
     return parsed
+
+
+def _outside_prefill(r: dict) -> float:
+    """Generated tokens per second of the wall time not spent prefilling prompts."""
+    return r["tokens"] / (r["wall"] - r["prefill_s"])
 
 
 def _valid_run(run: str) -> bool:
@@ -131,13 +165,18 @@ def main():
               f"{r['peak_rss_mb']:8.0f} MB · {r['n_seq_max']} KV streams of {r['cells_per_seq']} cells · "
               f"{r['mean_rows']} rows, {r['mean_prompts']} prompts per step (peak {r['peak_prompts']}) · "
               f"trees {r['trees']} · {r['package']}", flush=True)
+        decoded = r["prompt_tokens"] - r.get("cached_tokens", 0)  # an older checkout's stats may lack the cache
+        print(f"{'':<10} {decoded} prompt tokens decoded in {r['prefill_s']:.1f} s, steps' decodes "
+              f"{r['step_decode_s']:.1f} s over {r['steps']} steps, the rest {r['rest_s']:.1f} s · "
+              f"{_outside_prefill(r):.1f} tok/s outside prefill", flush=True)
     base = next((r for r in results if r["kind"] == "parallel"), None)
     if base:
         print("\nratios to parallel (same prompts, same run):")
         for r in results:
             print(f"{r['kind']:<10} tokens {r['tokens'] / base['tokens']:.2f} · wall {r['wall'] / base['wall']:.2f} · "
                   f"tokens/s {r['tokens_per_s'] / base['tokens_per_s']:.2f} · peak RSS "
-                  f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}")
+                  f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} · tokens/s outside prefill "
+                  f"{_outside_prefill(r) / _outside_prefill(base):.2f} · prefill s {r['prefill_s'] / base['prefill_s']:.2f}")
     eager = [r for r in results if r["kind"] in ("eager", "eager-before")]
     if len(eager) == 2:
         print("eager and eager-before grew " + ("the same trees" if eager[0]["trees"] == eager[1]["trees"]

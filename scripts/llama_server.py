@@ -1,8 +1,9 @@
 """A llama.cpp `llama-server` process as a baseline to measure eager_local against.
 
-It starts the user's binary on 127.0.0.1 with M parallel slots and a unified KV cache, waits for
-/health, sends each prompt's M requests concurrently, and always stops the process: on normal exit,
-on error and on Ctrl-C (it is a context manager; SIGTERM is turned into the same clean exit).
+It starts the user's binary on 127.0.0.1 with M parallel slots and a unified KV cache (or a stream
+per slot), waits for /health, sends each prompt's M requests concurrently, and always stops the
+process: on normal exit, on error and on Ctrl-C (it is a context manager; SIGTERM is turned into the
+same clean exit).
 
 Benchmark code, not part of the package: `compare_server.py` and `check_same_distribution.py` import
 it from this folder, tests/test_llama_server.py checks its lifecycle.
@@ -63,7 +64,11 @@ class Completion:
 
 
 class LlamaServer:
-    """`with LlamaServer(binary, model, slots=M, ...) as server: server.complete_many(...)`."""
+    """`with LlamaServer(binary, model, slots=M, ...) as server: server.complete_many(...)`.
+
+    kv_unified: one KV cache for all slots (`--kv-unified`, llama-server's own default only when it
+    picks the number of slots itself), or a KV stream per slot (`--no-kv-unified`, its default for
+    an explicit `-np`)."""
 
     def __init__(
         self,
@@ -75,6 +80,7 @@ class LlamaServer:
         threads: int,
         port: int | None = None,
         extra_args: list[str] | None = None,
+        kv_unified: bool = True,
         startup_timeout: float = 120.0,
         log_path: str | os.PathLike | None = None,
     ):
@@ -89,7 +95,7 @@ class LlamaServer:
         self.args = [
             str(self.binary), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
             "-np", str(slots), "-c", str(n_ctx), "-t", str(threads), "-tb", str(threads),
-            "--kv-unified", "--no-webui", *(extra_args or []),
+            "--kv-unified" if kv_unified else "--no-kv-unified", "--no-webui", *(extra_args or []),
         ]
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path else None

@@ -218,6 +218,9 @@ def main(argv=None) -> None:
     parser.add_argument("--no-repack", action=argparse.BooleanOptionalAction, default=None,
                         help="Pass --no-repack to llama-server (default: when eager_local keeps llama.cpp's "
                              "extra weight buffers off, i.e. on CPUs that report AMX).")
+    parser.add_argument("--kv-unified", action=argparse.BooleanOptionalAction, default=True,
+                        help="llama-server's KV layout: one cache for all slots (default here), or with "
+                             "--no-kv-unified a stream per slot (llama-server's own default for an explicit -np).")
     parser.add_argument("--tokenizer", default=None,
                         help="Model whose tokenizer recounts the completion tokens (default: --model).")
     parser.add_argument("--startup-timeout", type=float, default=300)
@@ -237,7 +240,7 @@ def main(argv=None) -> None:
 
             args.no_repack = not extra_buffers_enabled()
         with LlamaServer(args.llama_server, args.model, slots=args.slots, n_ctx=args.n_ctx, threads=args.threads,
-                         extra_args=["--no-repack"] if args.no_repack else None) as server:
+                         extra_args=["--no-repack"] if args.no_repack else None, kv_unified=args.kv_unified) as server:
             args.model_name = args.model_name or "default"
             report = run_load(server.url + "/v1", args)
             report["server"] = {"command": shlex.join(server.args)}

@@ -57,9 +57,11 @@ def test_a_server_that_dies_at_start_up_is_reported_and_reaped(tmp_path, default
 
 
 @needs_server
-def test_real_server_serves_and_stops(default_model_path, llm):
+@pytest.mark.parametrize("kv_unified", [True, False], ids=["unified", "streams"])
+def test_real_server_serves_and_stops(default_model_path, llm, kv_unified):
     prompt = llm.prompt_tokens("What is 2+2?")
-    server = LlamaServer(SERVER, default_model_path, slots=4, n_ctx=2048, threads=1, extra_args=_no_repack())
+    server = LlamaServer(SERVER, default_model_path, slots=4, n_ctx=2048, threads=1, extra_args=_no_repack(),
+                         kv_unified=kv_unified)
     with server:
         pid = server.process.pid
         outs = server.complete_many(prompt, n=4, n_predict=16, temperature=0.6, seed=1)
