@@ -16,7 +16,9 @@ Each run is its own process (peak RSS is a process's), one after another, never 
                batch width, as knobs of this script, not of the product
 
 Prints tokens, wall, tokens/s, peak RSS, rows and prompts per step, where the wall time went
-(prefilling prompts, the steps' batched decodes, Python between them), and each run's ratios to
+(prefilling prompts, the steps' batched decodes, Python between them), the steps by the KV span
+their rows attend over (rows and llama.cpp micro-batches per step, cost per row-token, the steps
+that copied streams first), forks and moves, and each run's ratios to
 `parallel`, among them tokens/s outside prefill: every method prefills the same prompts once, so
 that time does not shrink with the tokens a method saves. The runs draw the same samples as
 `eager-local eval` would (same prompts, seeds and template); `eager` and `eager-before` draw the
@@ -74,7 +76,24 @@ def child(args) -> dict:
             "peak_rss_mb": peak_rss_mb(), "sequences": sum(len(t.sequences) for t in trees),
             "n_seq_max": ctx.n_seq_max, "cells_per_seq": ctx.cells, **stats.as_dict(),
             "prefill_s": timers["prefill"], "step_decode_s": timers["decode"] - timers["prefill"],
-            "rest_s": wall - timers["decode"]}
+            "rest_s": wall - timers["decode"],
+            "spans": {str(k): v for k, v in sorted(timers["spans"].items())},
+            "forks": timers["forks"], "moves": timers["moves"]}
+
+
+def attention_span(positions, cells: int) -> int:
+    """How many KV cells each row of a step attends over: llama.cpp pads the longest used stream
+    of the batch up to a multiple of 256 cells (at most the stream's size) and every row of the
+    batch attends over that many, masked where it has no tokens (flash attention off)."""
+    used = int(max(positions)) + 1
+    return min(cells, -(-used // 256) * 256)
+
+
+def micro_batches(seq_ids) -> int:
+    """How many micro-batches llama.cpp runs a step of one-token rows in, with a KV stream per
+    sequence: one per run of consecutive increasing ids in batch order (`split_equal`), each a
+    full pass over the weights."""
+    return 1 + sum(1 for a, b in zip(seq_ids, seq_ids[1:]) if b != a + 1)
 
 
 def time_llama_calls() -> dict:
@@ -82,22 +101,57 @@ def time_llama_calls() -> dict:
     calls count in both, so a step's decodes are decode - prefill). The split answers where a
     run's wall time goes: prompts (the same prompts, once each, for every method), the batched
     steps, and everything in Python between them. Stream copies for forks are made by llama.cpp at
-    the start of the next decode, so they count in the steps."""
+    the start of the next decode, so they count in the steps.
+
+    The steps are also added up by the KV span their rows attend over (`attention_span`): per
+    span, [steps, row-tokens, seconds, micro-batches, steps that began with stream copies, their
+    seconds], so a method's cost per row-token compares with another's at the same span, and
+    apart from the steps that copied streams (forks, and the moves that keep ids contiguous)."""
     from eager_local.llama import Context
 
-    seconds = {"prefill": 0.0, "decode": 0.0}
+    seconds = {"prefill": 0.0, "decode": 0.0, "spans": {}, "forks": 0, "moves": 0}
+    inside = []  # the wrapped calls running now: a decode inside prefill or _apply_copies is no step
 
     def timed(name, method):
         def wrapper(*args, **kwargs):
+            ctx = args[0]
+            copies = ctx._copies_pending
+            inside.append(name)
             start = time.perf_counter()
             try:
                 return method(*args, **kwargs)
             finally:
-                seconds[name] += time.perf_counter() - start
+                spent = time.perf_counter() - start
+                inside.pop()
+                if name in ("prefill", "decode"):
+                    seconds[name] += spent
+                if name == "decode" and not inside:  # a step
+                    positions, seq_ids = args[2], list(args[3])
+                    span = seconds["spans"].setdefault(attention_span(positions, ctx.size.cells), [0, 0, 0.0, 0, 0, 0.0])
+                    span[0] += 1
+                    span[1] += len(positions)
+                    span[2] += spent
+                    span[3] += micro_batches(seq_ids)
+                    span[4] += copies
+                    span[5] += spent if copies else 0.0
+        return wrapper
+
+    def counted(name, method):
+        def wrapper(*args, **kwargs):
+            if not inside:  # a move forks and drops: count it once, as a move
+                seconds[name] += 1
+            inside.append(name)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                inside.pop()
         return wrapper
 
     Context.prefill = timed("prefill", Context.prefill)
+    Context._apply_copies = timed("copies", Context._apply_copies)
     Context.decode = timed("decode", Context.decode)
+    Context.move = counted("moves", Context.move)
+    Context.fork = counted("forks", Context.fork)
     return seconds
 
 
@@ -117,6 +171,12 @@ def parse_run(run: str) -> tuple[str, int | None, float | None]:
 def _outside_prefill(r: dict) -> float:
     """Generated tokens per second of the wall time not spent prefilling prompts."""
     return r["tokens"] / (r["wall"] - r["prefill_s"])
+
+
+def _at_base_span_cost(r: dict, base: dict) -> float:
+    """Seconds r's steps would have taken at base's seconds per row-token in each attention span:
+    what is left of a gap after this is not explained by how long the rows attend."""
+    return sum(v[1] * base["spans"][span][2] / base["spans"][span][1] for span, v in r["spans"].items())
 
 
 def _valid_run(run: str) -> bool:
@@ -169,6 +229,12 @@ def main():
         print(f"{'':<10} {decoded} prompt tokens decoded in {r['prefill_s']:.1f} s, steps' decodes "
               f"{r['step_decode_s']:.1f} s over {r['steps']} steps, the rest {r['rest_s']:.1f} s · "
               f"{_outside_prefill(r):.1f} tok/s outside prefill", flush=True)
+        if "forks" in r:
+            print(f"{'':<10} {r['forks']} forks, {r['moves']} moves (stream copies)", flush=True)
+        for span, (calls, rows, spent, micro, copying, copy_s) in r.get("spans", {}).items():
+            print(f"{'':<10} steps attending over {span:>5} cells: {calls} steps, {rows / calls:.1f} rows and "
+                  f"{micro / calls:.2f} micro-batches each, {spent:.1f} s, {1000 * spent / rows:.2f} ms per "
+                  f"row-token; {copying} of them copied streams first ({copy_s:.1f} s)", flush=True)
     base = next((r for r in results if r["kind"] == "parallel"), None)
     if base:
         print("\nratios to parallel (same prompts, same run):")
@@ -177,8 +243,11 @@ def main():
                   f"tokens/s {r['tokens_per_s'] / base['tokens_per_s']:.2f} · peak RSS "
                   f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} · tokens/s outside prefill "
                   f"{_outside_prefill(r) / _outside_prefill(base):.2f} · prefill s {r['prefill_s'] / base['prefill_s']:.2f}")
-    eager = [r for r in results if r["kind"] in ("eager", "eager-before")]
-    if len(eager) == 2:
+            if r is not base and base.get("spans") and r.get("spans") and set(r["spans"]) <= set(base["spans"]):
+                print(f"{'':<10} its step decodes at parallel's cost per row-token of each KV span: "
+                      f"{_at_base_span_cost(r, base):.1f} s (took {r['step_decode_s']:.1f} s)")
+    eager = [next((r for r in results if r["kind"] == kind), None) for kind in ("eager", "eager-before")]
+    if all(eager):
         print("eager and eager-before grew " + ("the same trees" if eager[0]["trees"] == eager[1]["trees"]
                                                  else "different trees"))
 
