@@ -14,8 +14,11 @@ C requests are in flight at once. The prompts are seeded arithmetic questions, t
 server. With --conversation each client's requests are the turns of one chat: a request carries the
 questions and first answers before it, as a chat client sends them, so a server's prompt cache can
 skip what it decoded for the turn before. At the end it prints one JSON document: requests sent, answered and failed, requests/s,
-p50/p95 latency, completion tokens and aggregate tokens/s, and, for eager-local, its /health batch
-statistics. It checks that nothing was lost or duplicated: every request answered exactly once,
+p50/p95 latency, completion tokens and aggregate tokens/s, how often the answers were right (the vote
+over a request's choices, and any choice), and, for eager-local, its /health batch statistics.
+Speed and accuracy together answer the question a client with `n` > 1 asks: eager-init grows fewer
+choices than n where the model is sure, so its tokens/s is not the same work as parallel sampling's,
+but requests/s at the same accuracy is. It checks that nothing was lost or duplicated: every request answered exactly once,
 every response id distinct.
 
 Completion tokens are recounted, the same way for every server: after the timed load, every
@@ -50,10 +53,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_server import LlamaServer, free_port, stop_process  # noqa: E402  (scripts/llama_server.py)
 
 
-def prompts(count: int, seed: int) -> list[str]:
+def prompts(count: int, seed: int) -> list[tuple[str, int]]:
+    """`count` seeded questions and their answers: the same for every server and every run."""
     rng = random.Random(seed)
-    return [f"What is {rng.randint(10, 99)} + {rng.randint(10, 99)}? Think step by step and put the final answer "
-            f"in \\boxed{{}}." for _ in range(count)]
+    pairs = [(rng.randint(10, 99), rng.randint(10, 99)) for _ in range(count)]
+    return [(f"What is {a} + {b}? Think step by step and put the final answer in \\boxed{{}}.", a + b)
+            for a, b in pairs]
+
+
+def score(answered: list[tuple[list[str], int]]) -> dict:
+    """How often the answers were right, over (choices' texts, expected) pairs: the majority
+    answer of a request's choices (what a client voting over them gets) and any choice (pass@n).
+    Answers are read as `eager-local eval` reads them (the boxed answer, else the last number)."""
+    from eager_local.answers import extract_answer, majority_answer, vote_key
+
+    right = {"vote": 0, "any": 0}
+    for texts, expected in answered:
+        answers = [extract_answer(t) for t in texts]
+        keys = {vote_key(a) for a in answers if a}
+        vote = majority_answer(answers)
+        right["vote"] += vote is not None and vote_key(vote) == vote_key(str(expected))
+        right["any"] += vote_key(str(expected)) in keys
+    n = len(answered) or 1
+    return {"vote_accuracy": round(right["vote"] / n, 4), "pass_at_n": round(right["any"] / n, 4)}
 
 
 def post(url: str, body: dict, api_key: str | None, timeout: float) -> dict:
@@ -74,7 +96,8 @@ def get(url: str, timeout: float = 5) -> dict | None:
 
 
 def run_load(base_url: str, args) -> dict:
-    texts = prompts(args.clients * args.requests, args.seed)
+    questions = prompts(args.clients * args.requests, args.seed)
+    texts = [q for q, _ in questions]
     url = base_url.rstrip("/") + "/chat/completions"
 
     def client(c: int) -> list[dict]:
@@ -135,6 +158,7 @@ def run_load(base_url: str, args) -> dict:
         "choices": sum(len(r["texts"]) for r in ok),
         "completion_tokens": recounted,
         "tokens_per_second": round(recounted / wall, 2) if wall else None,
+        **score([(r["texts"], questions[r["request"]][1]) for r in ok]),
     }
 
 

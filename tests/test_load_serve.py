@@ -54,7 +54,27 @@ def test_a_conversation_load_carries_each_turn_and_the_prompt_cache_skips_it(loa
         args.model_name = server.limits.model
         report = load_serve.run_load(server.base_url, args)
     assert report["answered"] == 6 and report["nothing_lost_or_duplicated"]
-    single = args.max_tokens * 0 + len(llm.prompt_tokens(load_serve.prompts(1, 4)[0]))
+    assert 0 <= report["vote_accuracy"] <= report["pass_at_n"] <= 1  # a right vote is a right choice
+    single = args.max_tokens * 0 + len(llm.prompt_tokens(load_serve.prompts(1, 4)[0][0]))
     # three turns each: the prompts grow (by a question and an answer per turn), far past three single ones
     assert report["prompt_tokens"] > 2 * 3 * single * 1.5
     assert report["prompt_tokens_reused"] >= 2 * 2 * (single - 16)
+
+
+def test_prompts_carry_their_answers_and_are_seeded(load_serve):
+    pairs = load_serve.prompts(5, seed=3)
+    assert pairs == load_serve.prompts(5, seed=3) and pairs != load_serve.prompts(5, seed=4)
+    for text, answer in pairs:
+        a, b = (int(x) for x in text.removeprefix("What is ").split("?")[0].split(" + "))
+        assert answer == a + b and text.endswith("in \\boxed{}.")
+
+
+def test_score_reads_the_vote_and_any_choice(load_serve):
+    answered = [
+        (["so \\boxed{46}", "\\boxed{46}", "\\boxed{45}"], 46),  # vote right, some choice right
+        (["\\boxed{45}", "45", "the sum is 46"], 46),  # vote wrong ("45" twice), one choice right
+        (["no number here"], 12),  # nothing to read: wrong both ways
+        (["\\boxed{12.0}"], 12),  # numbers compare by value
+    ]
+    assert load_serve.score(answered) == {"vote_accuracy": 0.5, "pass_at_n": 0.75}
+    assert load_serve.score([]) == {"vote_accuracy": 0.0, "pass_at_n": 0.0}
