@@ -16,9 +16,10 @@ sized differently:
   longest prompt plus a full generation. Parallel sampling runs `max_batch_rows // M` prompts of M
   streams each. For EAGer the streams are one pool of `max_batch_rows × POOL_HEADROOM` plus the
   spare (at least M + 1 in all, at most what the call's prompts can use; fewer when memory is
-  short) that every prompt draws from, a fork waiting when none is free (`streams.SequencePool`): an EAGer prompt holds few rows most of the time, and reserving
-  its worst case, M streams, for every prompt running at once would need several times parallel
-  sampling's memory to keep the batch as full. When not even M + 1 full streams fit, the streams
+  short) that every prompt draws from, a fork waiting when none is free (`streams.SequencePool`):
+  an EAGer prompt holds few rows most of the time, and reserving its worst case, M streams, for
+  every prompt running at once would need several times parallel sampling's memory to keep the
+  batch as full. When not even M + 1 full streams fit, the streams
   are shortened and a sequence that reaches the end of its stream finishes with `kv_full`.
 - unified (a caller that keeps sequences: chat): one pool of cells; a prompt reserves its prompt
   plus M full-length sequences, and the kept sequences' cells stay on top. An EAGer prompt starts
