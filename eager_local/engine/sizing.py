@@ -14,12 +14,12 @@ sized differently:
 
 - streams (run, eval, calibration, serve): every sequence gets a stream of its own, as long as the
   longest prompt plus a full generation. Parallel sampling runs `max_batch_rows // M` prompts of M
-  streams each. For EAGer the streams are one pool of `max_batch_rows × POOL_HEADROOM` plus the
-  spare (at least M + 1 in all, at most what the call's prompts can use; fewer when memory is
-  short) that every prompt draws from, a fork waiting when none is free (`streams.SequencePool`):
-  an EAGer prompt holds few rows most of the time, and reserving its worst case, M streams, for
-  every prompt running at once would need several times parallel sampling's memory to keep the
-  batch as full. When not even M + 1 full streams fit, the streams
+  streams each. For EAGer the streams are one pool of `max_batch_rows × POOL_HEADROOM + 1` (at
+  least M + 1, at most what the call's prompts can use; fewer when memory is short) that every
+  prompt draws from, a fork waiting when none
+  is free (`streams.SequencePool`): an EAGer prompt holds few rows most of the time, and reserving
+  its worst case, M streams, for every prompt running at once would need several times parallel
+  sampling's memory to keep the batch as full. When not even M + 1 full streams fit, the streams
   are shortened and a sequence that reaches the end of its stream finishes with `kv_full`.
 - unified (a caller that keeps sequences: chat): one pool of cells; a prompt reserves its prompt
   plus M full-length sequences, and the kept sequences' cells stay on top. An EAGer prompt starts
@@ -81,8 +81,7 @@ def plan_context(
     `config.max_sequences` is the largest cap M of the call's prompts; `cell_limit` the KV cells
     memory allows; `kept_ids` / `kept_cells` the sequences a caller keeps alive between calls (their
     ids stay valid, their cells stay occupied). One sequence id is left spare: llama.cpp applies
-    pending stream copies by decoding into an empty sequence (`Context._apply_copies`), and a pool
-    of streams swaps two of them through it (`streams.SequencePool.compact`).
+    pending stream copies by decoding into an empty sequence (`Context._apply_copies`).
     """
     cap = config.max_sequences
     kept = len(kept_ids)
