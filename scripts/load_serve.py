@@ -17,9 +17,9 @@ skip what it decoded for the turn before. At the end it prints one JSON document
 p50/p95 latency, completion tokens and aggregate tokens/s, how often the answers were right (the vote
 over a request's choices, and any choice), and, for eager-local, its /health batch statistics.
 Speed and accuracy together answer the question a client with `n` > 1 asks: eager-init grows fewer
-choices than n where the model is sure, so its tokens/s is not the same work as parallel sampling's,
-but requests/s at the same accuracy is. It checks that nothing was lost or duplicated: every request answered exactly once,
-every response id distinct.
+choices than n where the model is sure, so its tokens/s is not the same work as parallel
+sampling's, but requests/s at the same accuracy is. It checks that nothing was lost or duplicated:
+every request answered exactly once, every response id distinct.
 
 Completion tokens are recounted, the same way for every server: after the timed load, every
 choice's text is tokenized with the model's tokenizer and the counts summed. The servers' own
@@ -63,19 +63,19 @@ def prompts(count: int, seed: int) -> list[tuple[str, int]]:
 
 def score(answered: list[tuple[list[str], int]]) -> dict:
     """How often the answers were right, over (choices' texts, expected) pairs: the majority
-    answer of a request's choices (what a client voting over them gets) and any choice (pass@n).
-    Answers are read as `eager-local eval` reads them (the boxed answer, else the last number)."""
-    from eager_local.answers import extract_answer, majority_answer, vote_key
+    answer of a request's choices (what a client voting over them gets: eval's cons@k) and any
+    choice (pass@n). Answers are read and graded as `eager-local eval` does."""
+    from eager_local.answers import extract_answer
+    from eager_local.eval.grading import is_correct
+    from eager_local.eval.metrics import aggregate, prompt_metrics
 
-    right = {"vote": 0, "any": 0}
+    per_request = []
     for texts, expected in answered:
         answers = [extract_answer(t) for t in texts]
-        keys = {vote_key(a) for a in answers if a}
-        vote = majority_answer(answers)
-        right["vote"] += vote is not None and vote_key(vote) == vote_key(str(expected))
-        right["any"] += vote_key(str(expected)) in keys
-    n = len(answered) or 1
-    return {"vote_accuracy": round(right["vote"] / n, 4), "pass_at_n": round(right["any"] / n, 4)}
+        correct = [is_correct(a, str(expected), "numeric") for a in answers]
+        per_request.append(prompt_metrics(correct, answers, str(expected), "numeric", tokens=0))
+    means = aggregate(per_request)
+    return {"vote_accuracy": round(means.get("cons@k", 0.0), 4), "pass_at_n": round(means.get("pass@k", 0.0), 4)}
 
 
 def post(url: str, body: dict, api_key: str | None, timeout: float) -> dict:
