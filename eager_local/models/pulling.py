@@ -40,7 +40,7 @@ def cached_sha256(path: Path, expected_sha256: str | None, expected_size: int | 
     """The sha256 of a good cached copy at `path`, or None when it must be fetched (again).
 
     The sidecar answers when it agrees with the registry; without one the file is hashed once and
-    the sidecar written.
+    the sidecar written (under the fetch lock, like every write next to a cached model).
     """
     if not _present(path, expected_size):
         return None
@@ -51,7 +51,8 @@ def cached_sha256(path: Path, expected_sha256: str | None, expected_size: int | 
     if expected_sha256 is not None and digest != expected_sha256.lower():
         say(f"cached {label} has sha256 {digest}, expected {expected_sha256.lower()}: fetching again", progress)
         return None
-    cache.write_sidecar(path, digest)
+    with staging.fetch_lock(path, label=label, progress=progress):
+        cache.write_sidecar(path, digest)
     return digest
 
 

