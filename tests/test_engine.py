@@ -420,6 +420,34 @@ def test_rows_keep_one_block_of_increasing_ids(llm, monkeypatch):
     assert steps > 20
     assert holed <= len(SIX_PROMPTS)  # at most the step after each admission
 
-    monkeypatch.setattr("eager_local.engine.streams.SequencePool.compact", lambda self, rows: None)
+    monkeypatch.setattr("eager_local.engine.streams.SequencePool.compact", lambda self, rows, parked=(): None)
     holed_without_moves, _ = holed_steps(engine)
     assert holed_without_moves > 2 * len(SIX_PROMPTS)
+
+
+def test_a_paused_prompts_rows_leave_no_hole_in_the_block(llm, monkeypatch):
+    """With a pool too small for every fork (θ = 0: six prompts all branch to M = 4, 5 rows, a pool
+    of 7 streams and the spare) prompts pause; their rows hold ids without being decoded. The
+    engine moves them above the decoded rows, so a step's ids stay one run of consecutive ids (one
+    micro-batch) except in the step after an admission; without those moves they split steps."""
+    from eager_local.engine import streams
+
+    config = llm.config(theta=0.0, max_sequences=4, max_new_tokens=24, seed=3)
+    waits = []
+    original_wait = streams.SequencePool.wait
+    monkeypatch.setattr(streams.SequencePool, "wait", lambda self, row, source: (waits.append(row.seq.id),
+                                                                                  original_wait(self, row, source)))
+
+    def split_steps(engine):
+        batches = batch_ids_of(llm, monkeypatch, engine, config)
+        engine.reset()
+        return sum(any(b != a + 1 for a, b in zip(ids, ids[1:])) for ids in batches)
+
+    engine = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=5)
+    split = split_steps(engine)
+    assert waits, "no fork had to wait: the test no longer exercises paused prompts"
+    assert split <= len(SIX_PROMPTS)  # at most the step after each admission
+
+    original_compact = streams.SequencePool.compact
+    monkeypatch.setattr(streams.SequencePool, "compact", lambda self, rows, parked=(): original_compact(self, rows))
+    assert split_steps(engine) > 2 * len(SIX_PROMPTS)  # paused rows ignored: holes stay

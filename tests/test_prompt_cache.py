@@ -145,7 +145,8 @@ def test_the_cache_never_hands_out_a_stream_holding_cells(llm):
     pool.cached[first] = np.asarray(tokens, dtype=np.int32)
     pool.put_back(first)
     again = pool.take()  # the lowest id: it must come empty, its prompt moved to the highest empty id
-    top = ctx.size.n_seq_max - 1
+    top = ctx.size.n_seq_max - 2  # the highest id is the pool's spare, never free
+    assert pool.spare == top + 1
     ctx.prefill(tokens[:EXACT_BATCH_ROWS], again)  # a decode carries out the queued copy
     assert again == first and list(pool.cached) == [top] and ctx.seq_length(top) == len(tokens)
     assert ctx.seq_length(again) == EXACT_BATCH_ROWS

@@ -38,8 +38,8 @@ def test_safe_is_the_bankers_rule(free, claims, expected):
 # --- the engine with a small pool -------------------------------------------------------------------
 def test_a_small_pool_pauses_prompts_and_grows_the_same_trees(llm, monkeypatch):
     """Six EAGer prompts that all reach M = 4 at once (θ = 0) with a batch limit of 8 rows: a pool
-    of 11 streams (8 × POOL_HEADROOM + 1) for the three prompts admitted at once, 12 rows: forks
-    wait, prompts pause, memory is the pool's, and every tree is, token for token, the one a pool
+    of 11 streams (8 × POOL_HEADROOM + 1; and the spare) for the three prompts admitted at once, 12
+    rows: forks wait, prompts pause, memory is the pool's, and every tree is, token for token, the one a pool
     large enough for all 24 rows grows without waiting."""
     config = llm.config(theta=0.0, max_sequences=4, max_new_tokens=24, seed=3)
     requests = [Request(tokens=llm.prompt_tokens(p), text=p, index=i) for i, p in enumerate(PROMPTS)]
@@ -54,7 +54,7 @@ def test_a_small_pool_pauses_prompts_and_grows_the_same_trees(llm, monkeypatch):
 
     small = Engine(llm.model, n_threads=llm.engine.n_threads, max_batch_rows=8)
     got = reduced(small.generate(requests, config))
-    assert small.context.size.n_seq_max == 11
+    assert small.context.size.n_seq_max == 12  # the highest, 11, is the spare: never a row's
     assert waits, "no fork had to wait: the test no longer exercises the pool"
     assert small.stats.peak_rows <= 11
     assert small.stats.peak_prompts > 2  # more prompts than 11 streams hold at M each
@@ -90,9 +90,10 @@ def test_a_finished_parent_hands_its_stream_to_its_waiting_forks(llm, arith_prom
     give other bits on some CPUs, llama.EXACT_BATCH_ROWS)."""
     prompt = llm.prompt_tokens(arith_prompt)
     P = len(prompt)
-    ctx = Context(llm.model, ContextSize(cells=256, n_seq_max=3, n_batch=512), n_threads=llm.engine.n_threads)
+    ctx = Context(llm.model, ContextSize(cells=256, n_seq_max=4, n_batch=512), n_threads=llm.engine.n_threads)
     try:
         pool = streams.SequencePool(ctx, set(), pooled=True)
+        assert pool.spare == 3 and pool.free == [0, 1, 2]  # the highest id stays spare
         run = PromptRun(request=Request(tokens=prompt), config=llm.config(), cap=4, theta=0.0, reserved=0,
                         started_at=0.0, tree=T.Tree(prompt=arith_prompt, prompt_tokens=P, method="eager-init"))
         parent_id = pool.take()
@@ -130,7 +131,7 @@ def test_a_finished_parent_hands_its_stream_to_its_waiting_forks(llm, arith_prom
 
 
 def test_a_request_cancelled_while_forks_wait_frees_every_stream(llm, monkeypatch):
-    """A server's pool of 11 streams, six prompts that all branch to M = 4: one request is cancelled
+    """A server's pool of 11 streams (and the spare), six prompts that all branch to M = 4: one request is cancelled
     mid-run, from another request's token callback. Every request ends, every sequence has a finish
     reason, and every stream is given back."""
     import threading
@@ -166,12 +167,50 @@ def test_a_request_cancelled_while_forks_wait_frees_every_stream(llm, monkeypatc
         inbox.submit(request)
     thread.join(timeout=300)
     assert not thread.is_alive()
-    assert waits and engine.context.size.n_seq_max == 11
+    assert waits and engine.context.size.n_seq_max == 12
     trees = [results[id(r)] for r in requests]
     assert any(s.finish_reason == T.CANCELLED for s in trees[1].sequences)
     assert all(s.finish_reason for t in trees for s in t.sequences)
     assert all(len(t.sequences) == 4 for i, t in enumerate(trees) if i != 1)
     # every stream was given back: only the prompt cache keeps cells, one stream per distinct prompt
-    holding = [i for i in range(11) if engine.context.seq_length(i) > 0]
+    holding = [i for i in range(12) if engine.context.seq_length(i) > 0]
     assert len(holding) <= len({tuple(r.tokens) for r in requests})
     engine.reset()
+
+
+# --- a paused prompt's rows leave no holes in the decoded block -------------------------------------
+@pytest.mark.parametrize("n_seq_max, via", [(6, "the spare"), (7, "a free id")])
+def test_compact_moves_a_paused_prompts_rows_out_of_the_block(llm, n_seq_max, via):
+    """Five rows hold ids 0-4; the rows at 1 and 2 belong to a paused prompt. compact gives the three
+    decoded rows ids 0-2 (one micro-batch) and the paused ones ids above them, moving streams through
+    the spare when no id is free, else through the free one. Every row keeps its own cells: decoding one token
+    on all five gives, bit for bit, what a context prefilled straight into the final ids gives."""
+    prompts = [llm.prompt_tokens(p)[:12 + 3 * i] for i, p in enumerate(PROMPTS[:5])]  # five lengths
+    size = ContextSize(cells=256, n_seq_max=n_seq_max, n_batch=512)
+    ctx = Context(llm.model, size, n_threads=llm.engine.n_threads)
+    reference = Context(llm.model, size, n_threads=llm.engine.n_threads)
+    try:
+        pool = streams.SequencePool(ctx, set(), pooled=True)
+        assert pool.spare == n_seq_max - 1
+        rows = []
+        for i, tokens in enumerate(prompts):
+            run = PromptRun(request=Request(tokens=tokens), config=llm.config(), cap=4, theta=0.0, reserved=0,
+                            started_at=0.0, tree=T.Tree(prompt="", prompt_tokens=len(tokens), method="eager-init"))
+            row = Row(seq=T.Sequence(id=0, parent=None, fork_at=0, tokens=[]), run=run, llama_id=pool.take(), rng=None)
+            ctx.prefill(tokens, row.llama_id)
+            rows.append(row)
+        assert len(pool.free) == n_seq_max - 6  # 0 or 1 left
+        decoded, parked = [rows[0], rows[3], rows[4]], [rows[1], rows[2]]
+        pool.compact(decoded, parked=parked)
+        assert sorted(r.llama_id for r in decoded) == [0, 1, 2]
+        assert sorted(r.llama_id for r in parked) == ([3, 4] if via == "the spare" else [4, 5])  # above the block
+        assert pool.spare == n_seq_max - 1 and ctx.seq_length(pool.spare) == 0
+        for row, tokens in zip(rows, prompts):
+            assert ctx.seq_length(row.llama_id) == len(tokens)
+            reference.prefill(tokens, row.llama_id)
+        order = sorted(range(5), key=lambda i: rows[i].llama_id)
+        step = ([7] * 5, [len(prompts[i]) for i in order], [rows[i].llama_id for i in order], [1] * 5)
+        np.testing.assert_array_equal(ctx.decode(*step).copy(), reference.decode(*step))
+    finally:
+        ctx.close()
+        reference.close()

@@ -256,9 +256,9 @@ class StepLoop:
         Rows admitted this step already have logits from their prefill: they are not decoded and
         go last (self.rows is reordered to match, paused prompts' rows after them).
         """
-        self.ids.compact([r for r in self.rows if not r.waiting])
         paused_runs = {id(w.run) for w in self.ids.waiting}
         paused = [r for r in self.rows if id(r.run) in paused_runs]
+        self.ids.compact([r for r in self.rows if not r.waiting and id(r.run) not in paused_runs], parked=paused)
         decoded = [r for r in self.rows if r.fresh_logits is None and id(r.run) not in paused_runs]
         fresh = [r for r in self.rows if r.fresh_logits is not None and id(r.run) not in paused_runs]
         while decoded:

@@ -16,8 +16,8 @@ sized differently:
   longest prompt plus a full generation. Parallel sampling runs `max_batch_rows // M` prompts of M
   streams each. For EAGer the streams are one pool of `max_batch_rows × POOL_HEADROOM + 1` (at
   least M + 1, at most what the call's prompts can use; fewer when memory is short) that every
-  prompt draws from, a fork waiting when none
-  is free (`streams.SequencePool`): an EAGer prompt holds few rows most of the time, and reserving
+  prompt draws from, a fork waiting when none is free (`streams.SequencePool`), plus the pool's
+  spare stream, kept empty: an EAGer prompt holds few rows most of the time, and reserving
   its worst case, M streams, for every prompt running at once would need several times parallel
   sampling's memory to keep the batch as full. When not even M + 1 full streams fit, the streams
   are shortened and a sequence that reaches the end of its stream finishes with `kv_full`.
@@ -38,9 +38,9 @@ from ..llama import ContextSize
 DEFAULT_KV_MEMORY = 2 << 30  # bytes of KV cache the engine allocates at most by default
 DEFAULT_BATCH_ROWS = 32  # rows the active prompts may hold (or be expected to hold) at once
 # EAGer's pool of streams, as a multiple of the batch limit: admission expects max_batch_rows rows,
-# prompts outgrow the forecast, and a fork that finds no stream pauses its whole prompt, whose rows
-# then leave holes in the batch's block of ids (an extra micro-batch each). The headroom makes
-# pauses rare for a quarter more KV memory (BENCHMARKS.md, "EAGer's memory").
+# prompts outgrow the forecast, and a fork that finds no stream pauses its whole prompt (its rows
+# wait undecoded, and are moved out of the batch's block of ids). The headroom makes pauses rare
+# for a quarter more KV memory (BENCHMARKS.md, "EAGer's memory").
 POOL_HEADROOM = 1.25
 _CELL_BLOCK = 256  # llama.cpp rounds a stream's cells up to a multiple of 256
 
@@ -81,7 +81,8 @@ def plan_context(
     `config.max_sequences` is the largest cap M of the call's prompts; `cell_limit` the KV cells
     memory allows; `kept_ids` / `kept_cells` the sequences a caller keeps alive between calls (their
     ids stay valid, their cells stay occupied). One sequence id is left spare: llama.cpp applies
-    pending stream copies by decoding into an empty sequence (`Context._apply_copies`).
+    pending stream copies by decoding into an empty sequence (`Context._apply_copies`), and a pool
+    of streams swaps two of them through it (`streams.SequencePool.compact`).
     """
     cap = config.max_sequences
     kept = len(kept_ids)
@@ -93,8 +94,8 @@ def plan_context(
         prompts_that_fit = (cell_limit // stream - kept - 1) // cap
     if not unified and config.method != "parallel":  # EAGer on pooled streams (above)
         pool = min(max(int(max_batch_rows * POOL_HEADROOM), cap), n_prompts * cap) + 1  # no more than they can use
-        n_seq = min(MAX_SEQUENCES, pool, max(cap + 1, cell_limit // stream))
-        concurrent = min(n_prompts, n_seq - 1)
+        n_seq = min(MAX_SEQUENCES, pool + 1, max(cap + 1, cell_limit // stream))  # + the pool's spare
+        concurrent = min(n_prompts, max(1, n_seq - 2))
     else:
         concurrent = min(
             n_prompts,

@@ -2,7 +2,10 @@
 
 Ids are recycled from a min-heap: a new row takes the lowest free id, and rows are moved down into
 the holes finished rows leave (`compact`), so the ids decoded together stay one contiguous block
-(with a stream per sequence llama.cpp runs one micro-batch per run of consecutive ids).
+(with a stream per sequence llama.cpp runs one micro-batch per run of consecutive ids, each a full
+pass over the weights). The rows of a paused prompt (below) are holes as well, and are moved above
+the block; the highest id of a pooled context stays empty (`spare`) so that such a swap can be
+made when no other id is free, which is when prompts pause.
 
 With a KV stream per sequence and nothing kept between calls, the ids are a pool shared by all
 prompts (`pooled`) instead of M reserved for each prompt. A fork made when the pool cannot give an
@@ -79,6 +82,9 @@ class SequencePool:
         self.free = [i for i in range(ctx.size.n_seq_max) if i not in kept_ids]  # sorted: a valid heap
         for llama_id in self.free:  # whatever an earlier, failed call left behind
             ctx.drop(llama_id)
+        # The highest id stays empty (the planner's spare, sizing.plan_context): `compact` swaps
+        # two streams through it when no other id is free.
+        self.spare = self.free.pop() if pooled and not ctx.size.unified and len(self.free) > 1 else None
         self.waiting: list[Row] = []  # oldest first
         self.cached: dict[int, np.ndarray] = {}  # free id -> the prompt its cells begin with
 
@@ -179,23 +185,51 @@ class SequencePool:
             if w is not heir:
                 w.source = heir
 
-    def compact(self, rows: list[Row]) -> None:
-        """Move the rows with the highest ids into lower free ids, so the batch is one block.
+    def compact(self, rows: list[Row], parked: list[Row] = ()) -> None:
+        """Keep the rows decoded together (`rows`) in one block of ids, lowest first.
 
-        Rows finish in any order and leave holes; a move copies one stream (Context.move), which
-        costs less than the extra micro-batch a hole costs every step after. (A unified cache runs
-        one micro-batch whatever the ids.) Waiting rows name their source by row, not by id, so a
-        move does not disturb them.
+        Rows finish in any order and leave holes: the rows with the highest ids move down into
+        them. The rows of a paused prompt (`parked`; those still waiting for an id are skipped)
+        hold ids but are not decoded, so inside the block they are holes too: each trades places
+        with the block's highest row, through a free id or, when none is (a prompt pauses because
+        the pool ran out), the spare. A move copies one stream (Context.move), which costs less
+        than the extra micro-batch a hole costs every step after. (A unified cache runs one micro-batch whatever the ids.) Waiting rows name their
+        source by row, not by id, so a move does not disturb them.
         """
         if self.ctx.size.unified:
             return
-        for row in sorted(rows, key=lambda r: r.llama_id, reverse=True):
-            if not self.free or self.free[0] > row.llama_id:
+        block = sorted(rows, key=lambda r: r.llama_id, reverse=True)  # highest first
+        while block and self.free and self.free[0] < block[0].llama_id:
+            self._move(block[0], self.take())
+            block.sort(key=lambda r: r.llama_id, reverse=True)
+        # every free id now lies above the block
+        bottom = min((r.llama_id for r in block), default=0)
+        for row in sorted((r for r in parked if not r.waiting), key=lambda r: r.llama_id):
+            if not block or row.llama_id > block[0].llama_id:
+                break
+            if row.llama_id < bottom:  # below the block: no hole in it
+                continue
+            if self.free:  # the parked row to a free id above the block, the top row into its place
+                hole = row.llama_id
+                self._move(row, self.take(), free_old=False)
+                self._move(block[0], hole)
+            elif self.spare is not None:  # the same, through the spare (llama.cpp copies in order)
+                hole, top = row.llama_id, block[0].llama_id
+                self._move(row, self.spare, free_old=False)
+                self._move(block[0], hole, free_old=False)
+                self._move(row, top, free_old=False)
+            else:
                 return
-            lower = self.take()
-            self.ctx.move(row.llama_id, lower)
-            self.put_back(row.llama_id)
-            row.llama_id = lower
+            block.sort(key=lambda r: r.llama_id, reverse=True)
+
+    def _move(self, row: Row, llama_id: int, *, free_old: bool = True) -> None:
+        """Move `row`'s stream to the empty id `llama_id`; its old id, now empty, is freed unless
+        the caller fills it next."""
+        old = row.llama_id
+        self.ctx.move(old, llama_id)
+        row.llama_id = llama_id
+        if free_old:
+            self.put_back(old)
 
     def drop_all(self, rows: list[Row]) -> None:
         """Free the cells of every unfinished row that holds a stream."""
