@@ -15,7 +15,8 @@ server. With --conversation each client's requests are the turns of one chat: a 
 questions and first answers before it, as a chat client sends them, so a server's prompt cache can
 skip what it decoded for the turn before. At the end it prints one JSON document: requests sent, answered and failed, requests/s,
 p50/p95 latency, completion tokens and aggregate tokens/s, how often the answers were right (the vote
-over a request's choices, and any choice), and, for eager-local, its /health batch statistics.
+over a request's choices, and any choice), and the server's batch statistics (eager-local's
+/health; llama-server's /metrics: llama_decode calls and busy slots per call).
 Speed and accuracy together answer the question a client with `n` > 1 asks: eager-init grows fewer
 choices than n where the model is sure, so its tokens/s is not the same work as parallel
 sampling's, but requests/s at the same accuracy is. It checks that nothing was lost or duplicated:
@@ -93,6 +94,19 @@ def get(url: str, timeout: float = 5) -> dict | None:
             return json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+def llama_server_metrics(root: str) -> dict:
+    """llama-server's batch counters from its Prometheus `/metrics` (started with `--metrics`):
+    llama_decode calls and busy slots per call, the nearest it reports to eager-local's rows per step."""
+    try:
+        with urllib.request.urlopen(root + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return {}
+    wanted = ("n_decode_total", "n_busy_slots_per_decode", "tokens_predicted_total")
+    values = dict(line.split()[:2] for line in text.splitlines() if line.startswith("llamacpp:"))
+    return {name: float(values["llamacpp:" + name]) for name in wanted if "llamacpp:" + name in values}
 
 
 def run_load(base_url: str, args) -> dict:
@@ -264,10 +278,11 @@ def main(argv=None) -> None:
 
             args.no_repack = not extra_buffers_enabled()
         with LlamaServer(args.llama_server, args.model, slots=args.slots, n_ctx=args.n_ctx, threads=args.threads,
-                         extra_args=["--no-repack"] if args.no_repack else None, kv_unified=args.kv_unified) as server:
+                         extra_args=["--metrics", *(["--no-repack"] if args.no_repack else [])],
+                         kv_unified=args.kv_unified) as server:
             args.model_name = args.model_name or "default"
             report = run_load(server.url + "/v1", args)
-            report["server"] = {"command": shlex.join(server.args)}
+            report["server"] = {"command": shlex.join(server.args), "metrics": llama_server_metrics(server.url)}
     else:
         report = with_eager_local(args)
     print(json.dumps(report, indent=1))
