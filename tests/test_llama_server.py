@@ -74,32 +74,6 @@ def test_real_server_serves_and_stops(default_model_path, llm, kv_unified):
 
 
 @needs_server
-@pytest.mark.parametrize("metrics", [True, False], ids=["metrics", "no-metrics"])
-def test_load_serve_reads_the_batch_counters_of_a_server_started_with_metrics(default_model_path, llm, metrics):
-    """load_serve.py reports llama-server's llama_decode calls and busy slots per call from /metrics;
-    without --metrics the server refuses /metrics, and the report has none."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("load_serve", Path(SCRIPTS) / "load_serve.py")
-    load_serve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(load_serve)
-    prompt = llm.prompt_tokens("What is 2+2?")
-    server = LlamaServer(SERVER, default_model_path, slots=4, n_ctx=2048, threads=1,
-                         extra_args=[*(["--metrics"] if metrics else []), *_no_repack()])
-    with server:
-        outs = server.complete_many(prompt, n=4, n_predict=16, temperature=0.6, seed=1)
-        got = load_serve.llama_server_metrics(server.url)
-    if not metrics:
-        assert got == {}
-        return
-    assert got["tokens_predicted_total"] >= sum(o.tokens for o in outs)
-    # 4 choices on 4 slots: a decode per token of the longest at least, one per token at most
-    # (and a few for the prompt)
-    assert max(o.tokens for o in outs) <= got["n_decode_total"] <= sum(o.tokens for o in outs) + 8
-    assert 1 <= got["n_busy_slots_per_decode"] <= 4
-
-
-@needs_server
 def test_sigterm_stops_the_server_too(tmp_path, default_model_path):
     """A script holding a server gets SIGTERM (as from Ctrl-C or a job runner): the server goes too."""
     pid_file = tmp_path / "pid"

@@ -1,5 +1,6 @@
 """scripts/load_serve.py: the completion-token recount that makes servers comparable (each choice's
-text, tokenized by the real model's tokenizer), and which text of a choice it counts."""
+text, tokenized by the real model's tokenizer), which text of a choice it counts, the answers'
+scoring, and llama-server's batch counters (with the real binary, when there is one)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from test_llama_server import SERVER, LlamaServer, _no_repack, needs_server
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "load_serve.py"
 
@@ -78,3 +80,25 @@ def test_score_reads_the_vote_and_any_choice(load_serve):
     ]
     assert load_serve.score(answered) == {"vote_accuracy": 0.5, "pass_at_n": 0.75}
     assert load_serve.score([]) == {"vote_accuracy": 0.0, "pass_at_n": 0.0}
+
+
+@needs_server
+@pytest.mark.parametrize("metrics", [True, False], ids=["metrics", "no-metrics"])
+def test_reads_the_batch_counters_of_a_llama_server_started_with_metrics(load_serve, default_model_path, llm,
+                                                                         metrics):
+    """load_serve.py reports llama-server's llama_decode calls and busy slots per call from /metrics;
+    without --metrics the server refuses /metrics, and the report has none."""
+    prompt = llm.prompt_tokens("What is 2+2?")
+    server = LlamaServer(SERVER, default_model_path, slots=4, n_ctx=2048, threads=1,
+                         extra_args=[*(["--metrics"] if metrics else []), *_no_repack()])
+    with server:
+        outs = server.complete_many(prompt, n=4, n_predict=16, temperature=0.6, seed=1)
+        got = load_serve.llama_server_metrics(server.url)
+    if not metrics:
+        assert got == {}
+        return
+    assert got["tokens_predicted_total"] >= sum(o.tokens for o in outs)
+    # 4 choices on 4 slots: a decode per token of the longest at least, one per token at most
+    # (and a few for the prompt)
+    assert max(o.tokens for o in outs) <= got["n_decode_total"] <= sum(o.tokens for o in outs) + 8
+    assert 1 <= got["n_busy_slots_per_decode"] <= 4

@@ -39,8 +39,8 @@ def test_safe_is_the_bankers_rule(free, claims, expected):
 def test_a_small_pool_pauses_prompts_and_grows_the_same_trees(llm, monkeypatch):
     """Six EAGer prompts that all reach M = 4 at once (θ = 0) with a batch limit of 8 rows: a pool
     of 11 streams (8 × POOL_HEADROOM + 1; and the spare) for the three prompts admitted at once, 12
-    rows: forks wait, prompts pause, memory is the pool's, and every tree is, token for token, the one a pool
-    large enough for all 24 rows grows without waiting."""
+    rows: forks wait, prompts pause, memory is the pool's, and every tree is, token for token, the
+    one a pool large enough for all 24 rows grows without waiting."""
     config = llm.config(theta=0.0, max_sequences=4, max_new_tokens=24, seed=3)
     requests = [Request(tokens=llm.prompt_tokens(p), text=p, index=i) for i, p in enumerate(PROMPTS)]
 
@@ -131,9 +131,9 @@ def test_a_finished_parent_hands_its_stream_to_its_waiting_forks(llm, arith_prom
 
 
 def test_a_request_cancelled_while_forks_wait_frees_every_stream(llm, monkeypatch):
-    """A server's pool of 11 streams (and the spare), six prompts that all branch to M = 4: one request is cancelled
-    mid-run, from another request's token callback. Every request ends, every sequence has a finish
-    reason, and every stream is given back."""
+    """A server's pool of 11 streams (and the spare), six prompts that all branch to M = 4: one
+    request is cancelled mid-run, from another request's token callback. Every request ends, every
+    sequence has a finish reason, and every stream is given back."""
     import threading
 
     from eager_local.engine import Inbox

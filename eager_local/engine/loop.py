@@ -258,9 +258,9 @@ class StepLoop:
         """
         paused_runs = {id(w.run) for w in self.ids.waiting}
         paused = [r for r in self.rows if id(r.run) in paused_runs]
-        self.ids.compact([r for r in self.rows if not r.waiting and id(r.run) not in paused_runs], parked=paused)
         decoded = [r for r in self.rows if r.fresh_logits is None and id(r.run) not in paused_runs]
         fresh = [r for r in self.rows if r.fresh_logits is not None and id(r.run) not in paused_runs]
+        self.ids.compact(decoded + fresh, parked=paused)  # a waiting row always pauses its prompt
         while decoded:
             ids = np.fromiter((r.llama_id for r in decoded), dtype=np.int32, count=len(decoded))
             # streams: llama.cpp wants increasing ids (see Context)

@@ -84,7 +84,7 @@ class SequencePool:
             ctx.drop(llama_id)
         # The highest id stays empty (the planner's spare, sizing.plan_context): `compact` swaps
         # two streams through it when no other id is free.
-        self.spare = self.free.pop() if pooled and not ctx.size.unified and len(self.free) > 1 else None
+        self.spare = self.free.pop() if pooled and len(self.free) > 1 else None  # a pool is of streams
         self.waiting: list[Row] = []  # oldest first
         self.cached: dict[int, np.ndarray] = {}  # free id -> the prompt its cells begin with
 
@@ -193,8 +193,9 @@ class SequencePool:
         hold ids but are not decoded, so inside the block they are holes too: each trades places
         with the block's highest row, through a free id or, when none is (a prompt pauses because
         the pool ran out), the spare. A move copies one stream (Context.move), which costs less
-        than the extra micro-batch a hole costs every step after. (A unified cache runs one micro-batch whatever the ids.) Waiting rows name their
-        source by row, not by id, so a move does not disturb them.
+        than the extra micro-batch a hole costs every step after. (A unified cache runs one
+        micro-batch whatever the ids.) Waiting rows name their source by row, not by id, so a move
+        does not disturb them.
         """
         if self.ctx.size.unified:
             return
